@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
 
 from .errors import InputError, RunConflictError
 
 RUN_ATTR = "embedseg_daisy"
+
+# zarr skips writing chunks equal to the fill value by default; a missing chunk must
+# mean "lost", never "all background", for `verify` to detect crashes.
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 @dataclass
@@ -172,3 +177,21 @@ def claim_output(container: str, run_name: str, results_hash: str, *, force: boo
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"run": run_name, "results_hash": results_hash}))
     tmp.replace(marker)
+
+
+def chunk_paths(volume: Volume, roi: Roi) -> list[Path]:
+    """Files of the zarr chunks covering a voxel ROI (default v3 chunk key encoding)."""
+    import itertools
+
+    meta = json.loads((Path(volume.path) / "zarr.json").read_text())
+    chunk_shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    sep = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
+    spatial = chunk_shape[-3:]
+    begin = Coordinate(roi.begin) - Coordinate(volume.roi.begin)
+    end = Coordinate(roi.end) - Coordinate(volume.roi.begin)
+    ranges = [range(b // c, -(-e // c)) for b, e, c in zip(begin, end, spatial)]
+    lead = [[0]] * (len(chunk_shape) - 3)
+    paths = []
+    for idx in itertools.product(*lead, *ranges):
+        paths.append(Path(volume.path) / ("c" + sep + sep.join(str(i) for i in idx)))
+    return paths

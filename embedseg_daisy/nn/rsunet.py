@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedseg_daisy.nn.cpu import onednn_conv3d
 from embedseg_daisy.nn.presets import ModelSpec
 
 
@@ -54,8 +55,8 @@ class Conv3d(nn.Conv3d):
     With ``onednn = True`` a float32 CPU input is convolved by
     ``torch.ops.aten.mkldnn_convolution`` directly, skipping PyTorch's dispatch
     heuristic that sends small ``N*C*D*H`` problems to the slow im2col kernel
-    (``slow_conv3d``).  The op has an autograd formula, so the route is also valid
-    under autograd (its backward is dispatched by PyTorch as usual).
+    (``slow_conv3d``); under autograd ``OneDNNConv3dFunction`` keeps the backward
+    on oneDNN too (see ``embedseg_daisy.nn.cpu``).
     """
 
     onednn: bool = False
@@ -67,9 +68,7 @@ class Conv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
-            return torch.ops.aten.mkldnn_convolution(
-                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
-            )
+            return onednn_conv3d(x, self.weight, self.bias, self.padding)
         return super().forward(x)
 
 

@@ -1,0 +1,263 @@
+"""Hierarchical graph Mutex Watershed over fragments (proposed method) or hierarchical
+mean-affinity agglomeration (baseline).
+
+Level L works on regions of ``fanout**L`` blocks per axis; the last level's single
+region covers the volume.  A region's nodes are the clusters its children produced
+(level 1: fragments).  Its edges are (a) the edges its children passed up (edges
+between two of a child's frozen clusters) and (b) fragment edges that cross between
+two children or leave the region, read straight from the fragment-edge contributions
+of the blocks along those faces and relabelled through the lookups of the levels
+below.  Each edge is therefore seen once per level, and a worker only ever holds a
+region's surface, never the volume.
+
+The region runs the graph MWS with freezing: clusters reached by an attractive edge
+leaving the region first are frozen, and only merges the global MWS also makes are
+committed (see docs/design.md).  Writes ``lookups`` (node -> representative, only for
+nodes that change) and ``level_edges`` (edges between two frozen clusters).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from ..fragment_graph import EDGE_FIELDS, EdgeTable, map_ids, representatives, typed_edges
+from ..geometry import as_vec3, block_key, fragment_block_index, grid_shape
+from ..pipeline.stage import BlockInfo, RunContext, Stage
+from .common import stage_prefix
+
+_IN_CHUNK = 5000
+
+
+def num_levels(block_grid, fanout) -> int:
+    """Levels needed until one region covers the whole block grid (at least 1)."""
+    levels = 1
+    for n, f in zip(block_grid, fanout):
+        if f > 1 and n > 1:
+            levels = max(levels, math.ceil(math.log(n) / math.log(f) - 1e-9))
+    return max(levels, 1)
+
+
+def chase_lookups(store, graph: str, ids: np.ndarray, up_to_level: int, cache: dict | None = None) -> np.ndarray:
+    """Map ids through the lookups of levels 1..up_to_level (representatives)."""
+    ids = np.asarray(ids, np.int64)
+    for level in range(1, up_to_level + 1):
+        uniq = np.unique(ids)
+        keys, values = [], []
+        for start in range(0, len(uniq), _IN_CHUNK):
+            chunk = uniq[start : start + _IN_CHUNK]
+            rows = store.find_columns(
+                "lookups",
+                {"graph": graph, "level": level, "node": {"in": chunk.tolist()}},
+                fields=["node", "parent"],
+            )
+            keys.extend(rows["node"])
+            values.extend(rows["parent"])
+        ids = map_ids(ids, np.asarray(keys, np.int64), np.asarray(values, np.int64))
+    return ids
+
+
+class AgglomerateLevel(Stage):
+    name = "agglomerate"
+
+    def __init__(self, run: RunContext, graph: str, level: int, levels: int):
+        super().__init__(run)
+        self.graph = graph
+        self.level = level
+        self.levels = levels
+        self.fanout = as_vec3(self.cfg.agglomerate.fanout)
+        self.seg_block = as_vec3(self.cfg.segment.block_shape_vox)
+
+    @property
+    def stage_id(self) -> str:
+        return f"{stage_prefix(self.graph)}agglomerate_L{self.level}"
+
+    @property
+    def workers(self):
+        return self.cfg.agglomerate
+
+    def _region_blocks(self, level: int) -> tuple[int, int, int]:
+        return as_vec3(f**level for f in self.fanout)
+
+    @property
+    def block_shape(self):
+        if self.level == self.levels:
+            return as_vec3(self.write_total_roi.shape)
+        return as_vec3(b * r for b, r in zip(self.seg_block, self._region_blocks(self.level)))
+
+    @property
+    def context(self):
+        # one child region on every side: cross edges reach into neighbouring children,
+        # which must be finished (daisy derives the dependencies from this)
+        return as_vec3(b * r for b, r in zip(self.seg_block, self._region_blocks(self.level - 1)))
+
+    @property
+    def block_grid(self):
+        return grid_shape(self.run.volume_roi.shape, self.seg_block)
+
+    # -- geometry in block-grid units -------------------------------------------------
+    def _region_index_of_blocks(self, blocks: np.ndarray, level: int) -> np.ndarray:
+        if level == self.levels:
+            return np.zeros_like(blocks)
+        return blocks // np.asarray(self._region_blocks(level), np.int64)
+
+    def _region_block_range(self, info: BlockInfo) -> tuple[np.ndarray, np.ndarray]:
+        rel = Coordinate(info.write_roi.offset) - Coordinate(self.run.volume_roi.offset)
+        lo = np.asarray(rel, np.int64) // np.asarray(self.seg_block, np.int64)
+        hi = -(-(np.asarray(rel, np.int64) + np.asarray(info.write_roi.shape, np.int64)) // np.asarray(self.seg_block))
+        return lo, np.minimum(hi, np.asarray(self.block_grid))
+
+    def _blocks_to_read(self, lo: np.ndarray, hi: np.ndarray) -> list[str]:
+        """Blocks whose fragment-edge contributions can hold edges this region needs."""
+        glo = np.maximum(lo - 1, 0)
+        ghi = np.minimum(hi + 1, np.asarray(self.block_grid))
+        ranges = [range(a, b) for a, b in zip(glo, ghi)]
+        blocks = np.array(list(itertools.product(*ranges)), np.int64).reshape(-1, 3)
+        if self.level > 1:
+            # only blocks next to a child face (or outside the region) hold edges
+            # that cross children; edges inside one child come from its level_edges
+            child = self._region_index_of_blocks(blocks, self.level - 1)
+            inside = np.all((blocks >= lo) & (blocks < hi), axis=1)
+            near_face = ~inside
+            for delta in itertools.product((-1, 0, 1), repeat=3):
+                if delta == (0, 0, 0):
+                    continue
+                nb = blocks + np.asarray(delta)
+                valid = np.all((nb >= 0) & (nb < np.asarray(self.block_grid)), axis=1)
+                nb_child = self._region_index_of_blocks(nb, self.level - 1)
+                differs = np.any(nb_child != child, axis=1) & valid
+                near_face |= differs
+            blocks = blocks[near_face]
+        return [block_key(b) for b in blocks]
+
+    # -- the block body ------------------------------------------------------------------
+    def setup(self) -> None:
+        from ..store import open_store
+
+        self.store = open_store(self.cfg)
+
+    def _fragment_edges(self, keys: list[str]) -> EdgeTable:
+        tables = []
+        for start in range(0, len(keys), _IN_CHUNK):
+            cols = self.store.find_columns(
+                "fragment_edges",
+                {"graph": self.graph, "block": {"in": keys[start : start + _IN_CHUNK]}},
+                fields=list(EDGE_FIELDS),
+            )
+            tables.append(EdgeTable.from_columns(cols))
+        return EdgeTable.concat(tables).aggregate()
+
+    def _child_edges(self, lo: np.ndarray, hi: np.ndarray) -> EdgeTable:
+        child_blocks = np.asarray(self._region_blocks(self.level - 1))
+        clo, chi = lo // child_blocks, -(-hi // child_blocks)
+        children = [block_key(c) for c in itertools.product(*(range(a, b) for a, b in zip(clo, chi)))]
+        tables = []
+        for start in range(0, len(children), _IN_CHUNK):
+            cols = self.store.find_columns(
+                "level_edges",
+                {"graph": self.graph, "level": self.level - 1, "region": {"in": children[start : start + _IN_CHUNK]}},
+                fields=list(EDGE_FIELDS),
+            )
+            tables.append(EdgeTable.from_columns(cols))
+        return EdgeTable.concat(tables)
+
+    def _home_region(self, ids: np.ndarray, level: int) -> np.ndarray:
+        blocks = fragment_block_index(ids, self.run.volume_roi.shape, self.seg_block)
+        return self._region_index_of_blocks(blocks, level)
+
+    def process(self, block: BlockInfo):
+        lo, hi = self._region_block_range(block)
+        region_index = self._region_index_of_blocks(lo[None], self.level)[0]
+        frag = self._fragment_edges(self._blocks_to_read(lo, hi))
+        if self.level > 1 and len(frag):
+            # keep fragment edges that cross children or leave the region
+            cu = self._home_region(frag.u, self.level - 1)
+            cv = self._home_region(frag.v, self.level - 1)
+            frag = frag.take(np.any(cu != cv, axis=1))
+        if len(frag):
+            frag = EdgeTable(
+                chase_lookups(self.store, self.graph, frag.u, self.level - 1),
+                chase_lookups(self.store, self.graph, frag.v, self.level - 1),
+                frag.attr_key,
+                frag.rep_key,
+                frag.aff_sum,
+                frag.aff_count,
+            )
+        edges = EdgeTable.concat([frag, self._child_edges(lo, hi) if self.level > 1 else EdgeTable.empty()]).aggregate()
+        if len(edges):
+            # edges with no endpoint in this region belong to a neighbour
+            in_u = np.all(self._home_region(edges.u, self.level) == region_index, axis=1)
+            in_v = np.all(self._home_region(edges.v, self.level) == region_index, axis=1)
+            edges = edges.take(in_u | in_v)
+        nodes = np.unique(np.concatenate([edges.u, edges.v]))
+        inside = np.all(self._home_region(nodes, self.level) == region_index, axis=1) if len(nodes) else np.zeros(0, bool)
+        reps, frozen = self._cluster(nodes, inside, edges)
+        self._write(block, nodes, inside, reps, frozen, edges)
+        return None
+
+    def _cluster(self, nodes, inside, edges):
+        if len(nodes) == 0:
+            return nodes.copy(), np.zeros(0, bool)
+        u = np.searchsorted(nodes, edges.u)
+        v = np.searchsorted(nodes, edges.v)
+        local = EdgeTable(u, v, edges.attr_key, edges.rep_key, edges.aff_sum, edges.aff_count)
+        if self.graph == "baseline":
+            from ..baseline.agglomeration import hierarchical_mean_affinity
+
+            clusters, frozen = hierarchical_mean_affinity(
+                len(nodes), local.u, local.v, local.aff_sum, local.aff_count, inside, self.cfg.baseline.maa_threshold
+            )
+        else:
+            from ..mws import graph_mutex_watershed
+
+            eu, ev, keys, attractive = typed_edges(local)
+            clusters, frozen = graph_mutex_watershed(len(nodes), eu, ev, keys, attractive, inside)
+        clusters = np.asarray(clusters)
+        # outside nodes never merge; keep them as their own clusters
+        reps = representatives(nodes, np.where(inside, clusters, -1 - np.arange(len(nodes))))
+        return reps, np.asarray(frozen, bool)
+
+    def _write(self, block, nodes, inside, reps, frozen, edges):
+        key = block.key
+        changed = inside & (reps != nodes)
+        self.store.put(
+            "lookups",
+            {
+                "graph": [self.graph] * int(changed.sum()),
+                "level": [self.level] * int(changed.sum()),
+                "node": nodes[changed],
+                "parent": reps[changed],
+                "region": [key] * int(changed.sum()),
+            },
+            replace_where={"graph": self.graph, "level": self.level, "region": key},
+        )
+        if self.level == self.levels:
+            return
+        # edges between two frozen clusters of this region travel up a level
+        idx_u = np.searchsorted(nodes, edges.u)
+        idx_v = np.searchsorted(nodes, edges.v)
+        keep = inside[idx_u] & inside[idx_v] & frozen[idx_u] & frozen[idx_v]
+        up = EdgeTable(
+            reps[idx_u][keep], reps[idx_v][keep], edges.attr_key[keep], edges.rep_key[keep], edges.aff_sum[keep], edges.aff_count[keep]
+        ).aggregate()
+        n = len(up)
+        self.store.put(
+            "level_edges",
+            {"graph": [self.graph] * n, "level": [self.level] * n, "region": [key] * n, **up.columns()},
+            replace_where={"graph": self.graph, "level": self.level, "region": key},
+        )
+
+
+def stages(run: RunContext, graph: str) -> list[Stage]:
+    seg_block = run.cfg.segment.block_shape_vox
+    grid = grid_shape(run.volume_roi.shape, seg_block)
+    levels = num_levels(grid, run.cfg.agglomerate.fanout)
+    return [AgglomerateLevel(run, graph, level, levels) for level in range(1, levels + 1)]
+
+
+def region_roi(run: RunContext, level_stage: AgglomerateLevel, index) -> Roi:
+    shape = Coordinate(level_stage.block_shape)
+    return Roi(Coordinate(run.volume_roi.offset) + Coordinate(index) * shape, shape).intersect(run.volume_roi)

@@ -1,0 +1,48 @@
+"""Helpers shared by the block stages: dataset names per graph, ROIs with margins."""
+
+from __future__ import annotations
+
+from funlib.geometry import Coordinate, Roi
+
+from ..offsets import max_reach
+
+#: output dataset names per graph ("mws" = the proposed method, "baseline")
+DATASETS = {
+    "mws": {
+        "affinities": "affinities",
+        "mask": "mask",
+        "embeddings": "embeddings",
+        "fragments": "fragments",
+        "segmentation": "segmentation",
+        "segmentation_mea": "segmentation_mea",
+    },
+    "baseline": {
+        "affinities": "baseline_affinities",
+        "mask": None,
+        "embeddings": None,
+        "fragments": "baseline_fragments",
+        "segmentation": "baseline_segmentation",
+        "segmentation_mea": "baseline_segmentation_mea",
+    },
+}
+
+
+def dataset(graph: str, what: str) -> str:
+    name = DATASETS[graph][what]
+    if name is None:
+        raise KeyError(f"graph {graph!r} has no {what} dataset")
+    return name
+
+
+def stage_prefix(graph: str) -> str:
+    return "" if graph == "mws" else f"{graph}_"
+
+
+def grown(roi: Roi, margin, bounds: Roi) -> Roi:
+    """``roi`` grown by ``margin`` voxels on every side, cropped to ``bounds``."""
+    m = Coordinate(margin)
+    return roi.grow(m, m).intersect(bounds)
+
+
+def reach_of(offsets) -> tuple[int, int, int]:
+    return max_reach(offsets)
