@@ -38,7 +38,8 @@ Exactness
 ---------
 Everything that is summed is an integer, so results are bit-identical whatever the
 block size: coordinate sums are sums of *doubled* midpoints (``2 p - u_c``), and the
-affinity sum is fixed point, ``round(a * 2**32)`` per edge (``AFF_SCALE``); scores are
+affinity sum is fixed point, ``floor(a * 2**32 + 0.5)`` per edge (uint8 input ``k``
+means ``a = k / 255``) (``AFF_SCALE``); scores are
 exact to ~1e-10.  Limits: < 2**31 edges per contact, volume < 2**61 voxels.
 
 Blockwise
@@ -53,17 +54,18 @@ output does not depend on how large the given margin is).  It returns
 * ``pieces``: connected components of the block's owned interface edges (adjacency
   restricted to owned edges), each with ``piece_id`` = smallest global edge id in the
   piece, the pair, and additive statistics;
-* ``links``: ``(piece_id, edge_id)`` for every owned edge adjacent to an interface
+* ``links``: ``(piece_id, edge_id, seg_a, seg_b)`` for every owned edge adjacent to an interface
   edge of the same pair that is owned by another block and fully visible in the
   block's array (both voxels inside write box +- 1).  For every adjacent pair of edges
   in two different blocks at least one of the two blocks sees both edges, so links
   from both sides together cover all cross-block adjacencies;
-* ``edge_to_piece``: ``(edge_id, piece_id)`` for every owned interface edge whose
+* ``edge_to_piece``: ``(edge_id, piece_id, seg_a, seg_b)`` for every owned interface edge whose
   owner voxel lies in the outermost layer of the write box next to a face where the
   volume continues - the only edges another block can link to.
 
 :func:`stitch_contacts` unions pieces over links (looking the foreign edge up in
-``edge_to_piece``) and sums their statistics.  A contact's ``contact_id`` is its
+``edge_to_piece``) and sums their statistics.  Links and face edges carry their pair,
+so stitching can be sharded by pair (:func:`pair_shard`): no link crosses pairs.  A contact's ``contact_id`` is its
 smallest piece id, i.e. the smallest global edge id in the contact: independent of
 the block size.
 """
@@ -99,11 +101,16 @@ PIECE_DTYPE = np.dtype(
     ]
 )
 
-#: A link from a piece to an adjacent interface edge owned by another block.
-LINK_DTYPE = np.dtype([("piece_id", np.uint64), ("edge_id", np.uint64)])
+#: A link from a piece to an adjacent interface edge owned by another block.  The
+#: pair (the piece's and the edge's) lets a stitcher shard by pair (``pair_shard``).
+LINK_DTYPE = np.dtype(
+    [("piece_id", np.uint64), ("edge_id", np.uint64), ("seg_a", np.uint64), ("seg_b", np.uint64)]
+)
 
 #: Which piece an owned edge next to a block face belongs to.
-EDGE_PIECE_DTYPE = np.dtype([("edge_id", np.uint64), ("piece_id", np.uint64)])
+EDGE_PIECE_DTYPE = np.dtype(
+    [("edge_id", np.uint64), ("piece_id", np.uint64), ("seg_a", np.uint64), ("seg_b", np.uint64)]
+)
 
 #: A stitched contact.
 CONTACT_DTYPE = np.dtype(
@@ -186,7 +193,7 @@ def _block_kernel(seg, affs, aff_mult, wb, we, lorigin, vshape, nb_lo, nb_hi, ta
     Z, Y, X = seg.shape
     VY = vshape[1]
     VX = vshape[2]
-    idx = np.full((3, Z, Y, X), -1, np.int64)
+    idx = np.full((3, Z, Y, X), -1, np.int32)
     # pass 1: classify visible edges; owned edges get consecutive indices in
     # (z, y, x, c) raster order == global edge id order
     n_owned = 0
@@ -340,18 +347,21 @@ def _block_kernel(seg, affs, aff_mult, wb, we, lorigin, vshape, nb_lo, nb_hi, ta
             n_face += 1
     face_gid = np.empty(n_face, np.int64)
     face_piece = np.empty(n_face, np.int64)
+    face_k = np.empty(n_face, np.int64)
     i = 0
     for k in range(n_owned):
         if is_face[k]:
             face_gid[i] = edge_gid[k]
             face_piece[i] = p_id[piece_of[k]]
+            face_k[i] = k
             i += 1
     l_piece = np.empty(n_links, np.int64)
     for i in range(n_links):
         l_piece[i] = p_id[piece_of[link_k[i]]]
     return (
         p_id, p_a, p_b, p_size, p_sz, p_sy, p_sx, p_aff,
-        l_piece, link_gid[:n_links].copy(), face_gid, face_piece,
+        l_piece, link_gid[:n_links].copy(), ea[link_k[:n_links]], eb[link_k[:n_links]],
+        face_gid, face_piece, ea[face_k], eb[face_k],
     )
 
 
@@ -421,7 +431,8 @@ def block_contacts(
     out = _block_kernel(
         seg_c, affs_c, mult, b - lo, e - lo, lo, vshape, b > 0, e < vshape, _NEIGHBOURS
     )
-    p_id, p_a, p_b, p_size, p_sz, p_sy, p_sx, p_aff, l_piece, l_gid, f_gid, f_piece = out
+    (p_id, p_a, p_b, p_size, p_sz, p_sy, p_sx, p_aff,
+     l_piece, l_gid, l_a, l_b, f_gid, f_piece, f_a, f_b) = out
 
     pieces = np.empty(p_id.shape[0], PIECE_DTYPE)
     pieces["piece_id"] = p_id
@@ -436,11 +447,15 @@ def block_contacts(
     links = np.empty(l_piece.shape[0], LINK_DTYPE)
     links["piece_id"] = l_piece
     links["edge_id"] = l_gid
+    links["seg_a"] = l_a
+    links["seg_b"] = l_b
     links = np.unique(links)
 
     e2p = np.empty(f_gid.shape[0], EDGE_PIECE_DTYPE)
     e2p["edge_id"] = f_gid
     e2p["piece_id"] = f_piece
+    e2p["seg_a"] = f_a
+    e2p["seg_b"] = f_b
     return BlockContacts(block_box=(begin, end), pieces=pieces, links=links, edge_to_piece=e2p)
 
 
@@ -553,6 +568,22 @@ def stitch_contacts(
         raise InputError("a contact joins pieces of different segment pairs: inconsistent blocks")
     joined = joined[np.argsort(joined["piece_id"], kind="stable")]
     return pieces_to_contacts(joined)
+
+
+def pair_shard(seg_a, seg_b, n_shards: int) -> np.ndarray:
+    """Deterministic shard (``0 .. n_shards - 1``) of segment pairs, for stitching
+    contacts pair by pair: pieces, links and edge_to_piece rows of one shard stitch
+    independently of the others.  A splitmix64-style hash of ``(seg_a, seg_b)``."""
+    a = np.asarray(seg_a, np.uint64)
+    b = np.asarray(seg_b, np.uint64)
+    with np.errstate(over="ignore"):
+        h = a * np.uint64(0x9E3779B97F4A7C15) ^ (b + np.uint64(0x632BE59BD9B4E019))
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    return (h % np.uint64(n_shards)).astype(np.int64)
 
 
 def iter_blocks(volume_shape: Sequence[int], block_shape: Sequence[int]):

@@ -15,6 +15,7 @@ from embedseg_daisy.contacts import (
     block_contacts,
     find_contacts,
     iter_blocks,
+    pair_shard,
     stitch_contacts,
 )
 from embedseg_daisy.errors import InputError
@@ -338,3 +339,37 @@ def test_labels_of_one_segment_connected_is_irrelevant():
     c = find_contacts(seg, affs)
     assert len(c) == 2
     assert ndimage.label(seg == 3)[1] == 2
+
+
+def test_stitching_sharded_by_pair_equals_stitching_all():
+    rng = np.random.default_rng(12)
+    shape = (6, 16, 18)
+    seg = random_labels(shape, rng, n_labels=8, zoom=3)
+    affs = random_affs(shape, rng)
+    outs = [
+        block_contacts(seg, affs, box, (0, 0, 0), shape) for box in iter_blocks(shape, (3, 5, 4))
+    ]
+    pieces = np.concatenate([o.pieces for o in outs])
+    links = np.concatenate([o.links for o in outs])
+    e2p = np.concatenate([o.edge_to_piece for o in outs])
+    # the pair recorded on links and face edges is the pair of their piece
+    by_id = dict(zip(pieces["piece_id"].tolist(), zip(pieces["seg_a"].tolist(), pieces["seg_b"].tolist())))
+    for row in links:
+        assert by_id[int(row["piece_id"])] == (int(row["seg_a"]), int(row["seg_b"]))
+    for row in e2p:
+        assert by_id[int(row["piece_id"])] == (int(row["seg_a"]), int(row["seg_b"]))
+    whole = stitch_contacts(pieces, links, e2p)
+    n = 3
+    parts = []
+    for k in range(n):
+        parts.append(
+            stitch_contacts(
+                pieces[pair_shard(pieces["seg_a"], pieces["seg_b"], n) == k],
+                links[pair_shard(links["seg_a"], links["seg_b"], n) == k],
+                e2p[pair_shard(e2p["seg_a"], e2p["seg_b"], n) == k],
+            )
+        )
+    sharded = np.concatenate(parts)
+    sharded = sharded[np.argsort(sharded["contact_id"])]
+    assert_same_contacts(sharded, whole)
+    assert len({int(x) for x in pair_shard(pieces["seg_a"], pieces["seg_b"], n)}) == n

@@ -99,3 +99,67 @@ def fast_inference(model: nn.Module, enable: bool = True) -> nn.Module:
     """
     model.eval()
     return use_onednn(model, enable)
+
+
+def benchmark_forward(
+    model: nn.Module, shape=(20, 128, 128), batch: int = 1, repeat: int = 5, fast: bool = True
+) -> list[float]:
+    """Seconds per bare forward pass of ``model`` on ``(batch, 1, *shape)`` (CPU)."""
+    import time
+
+    use_onednn(model.eval(), fast)
+    x = torch.rand(batch, 1, *shape)
+    times = []
+    with torch.inference_mode():
+        model(x)  # warm-up (oneDNN primitive creation)
+        for _ in range(repeat):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def _main(argv=None) -> int:
+    """``python -m embedseg_daisy.nn.cpu``: bare-forward CPU speed, default vs oneDNN route."""
+    import argparse
+    import os
+    import statistics
+
+    from embedseg_daisy.nn.presets import get_preset
+    from embedseg_daisy.nn.rsunet import build_model
+
+    p = argparse.ArgumentParser(prog="python -m embedseg_daisy.nn.cpu", description=_main.__doc__)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--kind", default="embedding", choices=["embedding", "affinity"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--profile", action="store_true", help="print which convolution kernels run")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    spec = get_preset(a.preset, a.kind)
+    model = build_model(spec)
+    vox = a.batch * int(torch.tensor(spec.input_shape).prod())
+    print(f"{a.preset} {a.kind}, input {a.batch}x{spec.input_shape}, {a.threads} threads, torch {torch.__version__}")
+    for fast in (False, True):
+        t = benchmark_forward(model, spec.input_shape, a.batch, a.repeat, fast)
+        best, med = min(t), statistics.median(t)
+        print(
+            f"  {'oneDNN route' if fast else 'default     '}: best {best:.3f} s  median {med:.3f} s  "
+            f"-> {vox / best / 1e6:.3f} Mvox/s (best), {vox / med / 1e6:.3f} Mvox/s (median)"
+        )
+        if a.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            x = torch.rand(a.batch, 1, *spec.input_shape)
+            with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+                model(x)
+            for ev in prof.key_averages():
+                if "conv" in ev.key:
+                    print(f"      {ev.key:32s} x{ev.count:3d}  {ev.self_cpu_time_total / 1e3:9.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

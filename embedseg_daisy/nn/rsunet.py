@@ -88,14 +88,14 @@ class ResidualModule(nn.Module):
         self.out_norm = _norm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.entry_norm(self.entry(x)))
+        x = F.relu(self.entry_norm(self.entry(x)), inplace=True)
         skip = x
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < last:
-                x = F.relu(self.norms[i](x))
-        return F.relu(self.out_norm(x + skip))
+                x = F.relu(self.norms[i](x), inplace=True)
+        return F.relu(self.out_norm(x + skip), inplace=True)
 
 
 class UpModule(nn.Module):
@@ -109,7 +109,7 @@ class UpModule(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="trilinear", align_corners=False)
-        x = F.relu(self.norm(self.project(x) + skip))
+        x = F.relu(self.norm(self.project(x) + skip), inplace=True)
         return self.module(x)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from embedseg_daisy.errors import StoreError
 
 from .schema import Collection
+from .schema import collection as schema_collection
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -345,7 +346,8 @@ def parse_where(c: Collection, where: Mapping[str, Any] | None) -> list[tuple[st
     if not isinstance(where, Mapping):
         raise StoreValueError(f"collection {c.name!r}: a filter must be a dict, got {type(where).__name__}")
     for field, cond in where.items():
-        field_type(c, field)
+        if field_type(c, field) == "json":
+            raise StoreValueError(f"collection {c.name!r}: cannot filter on json field {field!r}")
         if isinstance(cond, Mapping):
             if not cond:
                 raise StoreValueError(f"collection {c.name!r}, field {field!r}: empty condition")
@@ -384,6 +386,8 @@ def check_fields(c: Collection, fields: Iterable[str] | None) -> list[str]:
     if isinstance(fields, str):
         fields = [fields]
     fields = list(fields)
+    if not fields:
+        raise StoreValueError(f"collection {c.name!r}: `fields` must name at least one field")
     for f in fields:
         field_type(c, f)
     return fields
@@ -416,3 +420,11 @@ def key_id(key: tuple) -> str:
     """A string ``_id`` for a natural key: the key values as a compact JSON array
     (injective for str / int / float keys once they are typed by the schema)."""
     return json.dumps(list(key), separators=(",", ":"))
+
+
+def get_collection(name: str) -> Collection:
+    """The schema of collection ``name``; unknown names raise :class:`StoreValueError`."""
+    try:
+        return schema_collection(name)
+    except KeyError as e:
+        raise StoreValueError(e.args[0] if e.args else f"unknown store collection {name!r}") from None

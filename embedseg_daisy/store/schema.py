@@ -150,7 +150,10 @@ COLLECTIONS: dict[str, Collection] = {
             {"graph": "str", "fragment": "int", "segment": "int", "block": "str"},
             indexes=[("graph", "segment")],
         ),
-        # Contact pieces computed per block and the links that stitch them.
+        # Contact pieces computed per block and what stitches them across block faces
+        # (see embedseg_daisy.contacts).  Sums are exact integers: doubled edge-midpoint
+        # coordinates and fixed-point affinities (a * 2**32), so blockwise == one block.
+        # `shard` is the segment-pair shard the stitching stage reads by.
         _c(
             "contact_pieces",
             ["segmentation", "block", "piece"],
@@ -158,18 +161,30 @@ COLLECTIONS: dict[str, Collection] = {
                 "segmentation": "str",
                 "block": "str",
                 "piece": "int",
+                "shard": "int",
                 "s1": "int",
                 "s2": "int",
                 "size": "int",
-                "coord_sum": "json",  # z y x sums of edge midpoints (voxels)
-                "aff_sum": "float",
+                "sum_z2": "int",
+                "sum_y2": "int",
+                "sum_x2": "int",
+                "aff_sum": "int",
             },
-            indexes=[("segmentation", "s1", "s2")],
+            indexes=[("segmentation", "shard")],
         ),
+        # a piece of this block touches the interface edge `edge` owned by a neighbour
         _c(
             "contact_links",
-            ["segmentation", "block", "piece", "other"],
-            {"segmentation": "str", "block": "str", "piece": "int", "other": "int"},
+            ["segmentation", "block", "piece", "edge"],
+            {"segmentation": "str", "block": "str", "piece": "int", "edge": "int", "shard": "int", "s1": "int", "s2": "int"},
+            indexes=[("segmentation", "shard")],
+        ),
+        # interface edges of this block next to its faces, and the piece that holds each
+        _c(
+            "contact_edges",
+            ["segmentation", "block", "edge"],
+            {"segmentation": "str", "block": "str", "edge": "int", "piece": "int", "shard": "int", "s1": "int", "s2": "int"},
+            indexes=[("segmentation", "shard")],
         ),
         # Stitched contacts.
         _c(
@@ -178,6 +193,7 @@ COLLECTIONS: dict[str, Collection] = {
             {
                 "segmentation": "str",
                 "contact": "int",
+                "shard": "int",
                 "s1": "int",
                 "s2": "int",
                 "size": "int",

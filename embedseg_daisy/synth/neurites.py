@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .curves import (
+    arc_length,
     bezier,
     inside_run,
     perpendicular_inplane,
@@ -27,6 +28,7 @@ from .curves import (
     unit,
     wander_path,
 )
+from .flow import FlowField
 from .packing import Occupancy
 from .params import REFERENCE_SHAPE, SynthParams
 
@@ -52,19 +54,24 @@ class Scene:
     branch_obj: list = field(default_factory=list)
     branch_parent: list = field(default_factory=list)
     branch_base_t: list = field(default_factory=list)
+    branch_grow: list = field(default_factory=list)
     obj_kind: list = field(default_factory=lambda: [0])  # index = object id; 0 unused
     touches: list = field(default_factory=list)
+    grow_fraction: float = 0.4
+    grow_add_px: float = 1.0
+    grow_max_px: float = 6.0
 
     # ---------------------------------------------------------------- building
     def new_object(self, kind: int) -> int:
         self.obj_kind.append(kind)
         return len(self.obj_kind) - 1
 
-    def add_branch(self, obj, pts, r, t, *, parent=-1, base_t=0.0, ves=None, e2c=None, e2s=None) -> int:
+    def add_branch(self, obj, pts, r, t, *, parent=-1, base_t=0.0, ves=None, e2c=None, e2s=None, grow=1.0) -> int:
         b = len(self.branch_obj)
         self.branch_obj.append(obj)
         self.branch_parent.append(parent)
         self.branch_base_t.append(base_t)
+        self.branch_grow.append(grow)
         n = len(pts)
         z = np.zeros(n)
         self.ball_chunks.append(
@@ -89,9 +96,16 @@ class Scene:
     def balls(self) -> dict:
         keys = ("pts", "r", "t", "branch", "ves", "e2c", "e2s")
         if not self.ball_chunks:
-            return {k: np.zeros((0, 3) if k == "pts" else 0) for k in keys}
+            out = {k: np.zeros((0, 3) if k == "pts" else 0) for k in keys}
+            out["branch"] = out["branch"].astype(np.int32)
+            out["obj"] = np.zeros(0, np.int32)
+            out["pad"] = np.zeros(0)
+            return out
         out = {k: np.concatenate([c[k] for c in self.ball_chunks]) for k in keys}
         out["obj"] = np.asarray(self.branch_obj, dtype=np.int32)[out["branch"]]
+        grow = np.asarray(self.branch_grow, dtype=np.float64)[out["branch"]]
+        # how far a ball may grow into free space (pixels), see rasterize.raster_balls
+        out["pad"] = grow * np.clip(self.grow_fraction * out["r"] + self.grow_add_px, 1.0, self.grow_max_px)
         return out
 
     def mitos(self) -> dict:
@@ -127,7 +141,10 @@ def _scale(world_shape, section_px) -> float:
 
 
 def _count(rng, expected: float, minimum: int = 0) -> int:
-    return max(minimum, int(rng.poisson(expected)))
+    """A count near ``expected`` (within +-25 %, rounded at random)."""
+    x = expected * rng.uniform(0.75, 1.25)
+    n = int(np.floor(x)) + int(rng.random() < x - np.floor(x))
+    return max(minimum, n)
 
 
 def _random_point(rng, lo, hi) -> np.ndarray:
@@ -155,6 +172,12 @@ def _trim_to_canvas(scene: Scene, pts, r, keep, *arrays):
     return (pts[sl], r[sl]) + tuple(a[sl] for a in arrays)
 
 
+def _trim_keep(scene: Scene, pts, r, keep, *arrays):
+    """Like _trim_to_canvas, also returns the anchor's index in the trimmed run."""
+    sl = inside_run(pts, r, np.zeros(3), scene.hi, keep)
+    return (pts[sl], r[sl]) + tuple(a[sl] for a in arrays) + (keep - (sl.start or 0),)
+
+
 # ======================================================================= builders
 
 
@@ -167,17 +190,25 @@ class NeuropilBuilder:
         self.p = params
         self.occ = Occupancy(scene.world_shape, params.occupancy_cell_px, params.core_fraction)
         self.scale = _scale(scene.world_shape, scene.section_px)
+        n_dom = max(2, int(rng.poisson(params.flow_domains_per_ref * self.scale)))
+        self.flow = FlowField(rng, scene.hi, n_dom, params.orientation_classes)
 
     # ------------------------------------------------------------ generic tube
-    def _tube(self, r0, d0, *, corr, wander, anchor=None, rel_sd=0.1, ecc=0.08, boutons=False):
-        """Dense path, radii, vesicle density and ellipticity of one long tube."""
+    def _tube(self, r0, d0, *, corr, wander, anchor=None, rel_sd=0.1, ecc=0.08, boutons=False, follow=None):
+        """Dense path, radii, vesicle density, ellipticity of one long tube, and
+        the index of its anchor.  ``follow``: relaxation rate towards the flow
+        field per pixel (None: a free path around ``d0``)."""
         rng = self.rng
         if anchor is None:
             lo, hi = self.scene.inner_lo_hi()
             anchor = _random_point(rng, lo, hi)
-        pts = _long_path(rng, self.scene, anchor, d0, corr, wander)
+        if follow is None:
+            pts = _long_path(rng, self.scene, anchor, d0, corr, wander)
+            keep = len(pts) // 2
+        else:
+            diag = float(np.linalg.norm(self.scene.hi)) * 1.1
+            pts, keep = self.flow.streamline(rng, anchor, d0, diag, follow=follow, wander=wander, corr=corr)
         n = len(pts)
-        keep = n // 2
         r = _profile(rng, n, r0, rel_sd, corr=25.0)
         ves = np.zeros(n)
         if boutons:
@@ -191,22 +222,40 @@ class NeuropilBuilder:
                 r = np.maximum(r, bump)
                 ves = np.maximum(ves, (np.abs(u) < 0.9).astype(float) * rng.uniform(0.6, 1.0))
         e2c, e2s = _ellipticity(rng, n, ecc, corr=40.0)
-        pts, r, ves, e2c, e2s = _trim_to_canvas(self.scene, pts, r, keep, ves, e2c, e2s)
-        return pts, r, ves, e2c, e2s
+        return _trim_keep(self.scene, pts, r, keep, ves, e2c, e2s)
 
-    def _try_add(self, kind, pts, r, ves, e2c, e2s, obj=None, parent=-1, base_t=0.0, t0=0.0, max_conflict=None):
-        """Resample, check the occupancy, and add as a new branch if it fits."""
+    def _try_add(
+        self, kind, pts, r, ves, e2c, e2s, keep=None, *, obj=None, parent=-1, base_t=0.0,
+        max_conflict=None, truncate=False, grow=1.0,
+    ):
+        """Resample, check the occupancy, and add as a new branch if it fits.
+
+        With ``truncate`` a tube that collides keeps the collision-free run
+        around its anchor (dense index ``keep``) if that run is long enough.
+        """
         if len(pts) < 3:
             return None
+        t_anchor = arc_length(pts)[keep] if keep is not None and 0 <= keep < len(pts) else None
         pts, r, t, ves, e2c, e2s = resample_by_radius(pts, r, ves, e2c, e2s)
-        t = t + t0
         branch_next = len(self.scene.branch_obj)
         limit = self.p.max_conflict_fraction if max_conflict is None else max_conflict
-        if self.occ.conflict_fraction(pts, r, branch_next, parent) > limit:
-            return None
+        flags = self.occ.conflicts(pts, r, branch_next, parent)
+        if flags.mean() > limit:
+            if not truncate or t_anchor is None:
+                return None
+            i = int(np.argmin(np.abs(t - t_anchor)))
+            if flags[i]:
+                return None
+            bad = np.flatnonzero(flags)
+            lo = bad[bad < i]
+            hi = bad[bad > i]
+            sl = slice(lo[-1] + 1 if len(lo) else 0, hi[0] if len(hi) else len(t))
+            if t[sl.stop - 1] - t[sl.start] < self.p.min_truncated_length_px:
+                return None
+            pts, r, t, ves, e2c, e2s = (a[sl] for a in (pts, r, t, ves, e2c, e2s))
         if obj is None:
             obj = self.scene.new_object(kind)
-        b = self.scene.add_branch(obj, pts, r, t, parent=parent, base_t=base_t, ves=ves, e2c=e2c, e2s=e2s)
+        b = self.scene.add_branch(obj, pts, r, t, parent=parent, base_t=base_t, ves=ves, e2c=e2c, e2s=e2s, grow=grow)
         assert b == branch_next
         self.occ.stamp(pts, r, b)
         return obj, b, pts, r, t
@@ -215,10 +264,10 @@ class NeuropilBuilder:
     def dendrites(self) -> list:
         p, rng = self.p, self.rng
         n = _count(rng, p.dendrites_per_ref * self.scale, minimum=1)
-        classes = ((0.5, 0.0, 30.0), (0.35, 30.0, 65.0), (0.15, 65.0, 85.0))
+        classes = ((0.6, 0.0, 30.0), (0.3, 30.0, 60.0), (0.1, 60.0, 80.0))
         made = []
         for _ in range(n):
-            for _attempt in range(30):
+            for _attempt in range(100):
                 r0 = rng.uniform(*p.dendrite_radius)
                 d0 = random_direction(rng, classes)
                 lo, hi = self.scene.inner_lo_hi(pad_px=r0 * 0.5)
@@ -276,7 +325,7 @@ class NeuropilBuilder:
         tail = np.clip((s[-1] - s) / rh, 0.0, 1.0)
         rad = np.minimum(rad, rh * np.sqrt(np.clip(1 - (1 - tail) ** 2, 0.05, 1.0)) + 0.5)
         z = np.zeros(len(path))
-        self._try_add(KIND_DENDRITE, path, rad, z, z, z, obj=obj, parent=b, base_t=float(t[i]))
+        self._try_add(KIND_DENDRITE, path, rad, z, z, z, obj=obj, parent=b, base_t=float(t[i]), grow=0.3)
 
     def _touching_spine(self, obj, b, pts, r, t) -> bool:
         """A spine that arches back so that its head presses on its own shaft."""
@@ -312,7 +361,7 @@ class NeuropilBuilder:
         rad = rn + (rh - rn) * ramp
         # extend a little past the head centre, towards the shaft, to round it off
         z = np.zeros(len(path))
-        got = self._try_add(KIND_DENDRITE, path, rad, z, z, z, obj=obj, parent=b, base_t=float(t[i]))
+        got = self._try_add(KIND_DENDRITE, path, rad, z, z, z, obj=obj, parent=b, base_t=float(t[i]), grow=0.3)
         if got is None:
             return False
         sc.touches.append(PlannedTouch(obj=obj, kind="spine", point=contact))
@@ -411,26 +460,58 @@ class NeuropilBuilder:
                     self._mitochondria(got[0], got[2], got[3], spacing=200.0, frac=(0.4, 0.55))
         return placed
 
+    def _free_anchor(self, r0, tries: int = 60):
+        """A random point of the inner box with no core within about ``r0``
+        (None if ``tries`` draws all landed in occupied space)."""
+        lo, hi = self.scene.inner_lo_hi()
+        grid, cell = self.occ.grid, self.occ.cell
+        k = max(int(r0 * 0.6 / cell), 0)
+        for _ in range(tries):
+            pt = _random_point(self.rng, lo, hi)
+            c = np.floor(pt / cell).astype(int)
+            sl = tuple(slice(max(ci - k, 0), ci + k + 1) for ci in c)
+            if not grid[sl].any():
+                return pt
+        return None
+
     def axons(self) -> int:
+        """Axons until the volume is full: anchors are drawn in free space, and a
+        tube that collides keeps its collision-free run if long enough."""
         p, rng = self.p, self.rng
         placed = 0
         failures = 0
-        for _attempt in range(p.max_axon_attempts):
-            if self.occ.fill >= p.target_core_fill or failures >= p.max_consecutive_failures:
+        attempt = -1
+        max_attempts = max(int(p.max_axon_attempts * self.scale), 300)
+        max_failures = max(int(p.max_consecutive_failures * self.scale), 100)
+        for attempt in range(max_attempts):
+            if self.occ.fill >= p.target_core_fill or failures >= max_failures:
                 break
-            u = rng.beta(1.3, 3.0)
+            u = rng.beta(1.6, 2.4)
             r0 = p.axon_radius[0] + u * (p.axon_radius[1] - p.axon_radius[0])
-            d0 = random_direction(rng, p.orientation_classes)
-            corr = rng.uniform(40.0, 120.0)
-            wander = rng.uniform(0.15, 0.45)
             boutons = rng.random() < 0.3
-            got = self._try_add(KIND_AXON, *self._tube(r0, d0, corr=corr, wander=wander, boutons=boutons))
+            anchor = self._free_anchor(r0)
+            if anchor is None:
+                failures += 1
+                continue
+            if rng.random() < p.free_axon_fraction:
+                d0 = random_direction(rng, p.orientation_classes)
+                tube = self._tube(
+                    r0, d0, corr=rng.uniform(40.0, 120.0), wander=rng.uniform(0.15, 0.45), anchor=anchor, boutons=boutons
+                )
+            else:
+                d0 = self.flow.direction_at(anchor, random_direction(rng, p.orientation_classes))
+                tube = self._tube(
+                    r0, d0, corr=rng.uniform(30.0, 80.0), wander=rng.uniform(0.1, 0.35), anchor=anchor,
+                    boutons=boutons, follow=rng.uniform(0.01, 0.05),
+                )
+            got = self._try_add(KIND_AXON, *tube, truncate=True)
             if got is None:
                 failures += 1
                 continue
             failures = 0
             placed += 1
             self._mitochondria(got[0], got[2], got[3], spacing=160.0, frac=(0.35, 0.55))
+        self.axon_attempts = attempt + 1
         return placed
 
     # ------------------------------------------------------------ organelles
@@ -465,11 +546,19 @@ def build_scene(rng: np.random.Generator, shape, params: SynthParams, section_px
     """All neurites of one volume of ``shape`` (z, y, x voxels)."""
     Z, Y, X = shape
     m = params.margin_px
-    scene = Scene(world_shape=(Z * section_px, Y + 2 * m, X + 2 * m), section_px=section_px, margin_px=m)
+    scene = Scene(
+        world_shape=(Z * section_px, Y + 2 * m, X + 2 * m),
+        section_px=section_px,
+        margin_px=m,
+        grow_fraction=params.grow_fraction,
+        grow_add_px=params.grow_add_px,
+        grow_max_px=params.grow_max_px,
+    )
     builder = NeuropilBuilder(rng, scene, params)
     builder.dendrites()
     builder.u_turns()
     builder.bundles()
     builder.axons()
     scene.core_fill = builder.occ.fill  # type: ignore[attr-defined]
+    scene.axon_attempts = getattr(builder, "axon_attempts", 0)  # type: ignore[attr-defined]
     return scene

@@ -15,7 +15,7 @@ import numpy as np
 @numba.njit(cache=True, nogil=True)
 def _check(occ, cell, pts, radii, core_frac, own, parent):
     nz, ny, nx = occ.shape
-    conflicts = 0
+    flags = np.zeros(pts.shape[0], dtype=np.uint8)
     for i in range(pts.shape[0]):
         rc = max(core_frac * radii[i], 0.5 * cell)
         cz, cy, cx = pts[i, 0] / cell, pts[i, 1] / cell, pts[i, 2] / cell
@@ -41,8 +41,8 @@ def _check(occ, cell, pts, radii, core_frac, own, parent):
                         hit = True
                         break
         if hit:
-            conflicts += 1
-    return conflicts
+            flags[i] = 1
+    return flags
 
 
 @numba.njit(cache=True, nogil=True)
@@ -84,10 +84,9 @@ class Occupancy:
     def fill(self) -> float:
         return self.filled / float(self.grid.size)
 
-    def conflict_fraction(self, pts, radii, branch: int, parent: int = -1) -> float:
-        if len(pts) == 0:
-            return 1.0
-        n = _check(
+    def conflicts(self, pts, radii, branch: int, parent: int = -1) -> np.ndarray:
+        """Per sample: 1 where its core would enter another branch's core."""
+        return _check(
             self.grid,
             self.cell,
             np.ascontiguousarray(pts, dtype=np.float64),
@@ -96,7 +95,11 @@ class Occupancy:
             int(branch),
             int(parent),
         )
-        return n / float(len(pts))
+
+    def conflict_fraction(self, pts, radii, branch: int, parent: int = -1) -> float:
+        if len(pts) == 0:
+            return 1.0
+        return float(self.conflicts(pts, radii, branch, parent).mean())
 
     def stamp(self, pts, radii, branch: int) -> None:
         self.filled += _stamp(

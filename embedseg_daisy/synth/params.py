@@ -29,20 +29,23 @@ class SynthParams:
     bouton_radius: tuple[float, float] = (11.0, 17.0)
 
     # --- counts per reference volume (scaled by canvas volume) ------------------
-    dendrites_per_ref: float = 5.0
+    dendrites_per_ref: float = 9.0
     u_turns_per_ref: float = 3.0
     bundles_per_ref: float = 5.0
-    glia_per_ref: float = 40.0
+    glia_per_ref: float = 20.0
     spine_spacing_px: float = 45.0  # mean dendrite length between spines
     touching_spines_per_dendrite: int = 1
 
     # --- packing -----------------------------------------------------------------
     occupancy_cell_px: float = 3.0
-    core_fraction: float = 0.8  # cores (this fraction of the radius) must not overlap
-    max_conflict_fraction: float = 0.02
+    core_fraction: float = 0.6  # cores (this fraction of the radius) must not overlap
+    max_conflict_fraction: float = 0.04
     target_core_fill: float = 0.42
-    max_axon_attempts: int = 4000
-    max_consecutive_failures: int = 400
+    max_axon_attempts: int = 4000  # per reference volume
+    max_consecutive_failures: int = 400  # per reference volume
+    min_truncated_length_px: float = 150.0
+    free_axon_fraction: float = 0.25  # the rest follow the flow field
+    flow_domains_per_ref: float = 8.0
 
     # --- direction classes: (probability, min angle to z, max angle to z) in degrees
     orientation_classes: tuple[tuple[float, float, float], ...] = (
@@ -57,11 +60,18 @@ class SynthParams:
     self_contact_min_px: float = 8.0
     self_contact_factor: float = 1.5
     membrane_width: int = 2  # 1: one side of each interface, 2: both sides
+    #: growth into free space: pad = clip(grow_fraction * r + grow_add, 1, grow_max)
+    grow_fraction: float = 0.4
+    grow_add_px: float = 1.0
+    grow_max_px: float = 6.0
+    #: 6-connected pieces smaller than this (voxels) become membrane / boundary
+    min_piece_voxels: int = 40
+    min_final_piece_voxels: int = 20
 
     # --- glia ------------------------------------------------------------------------
     glia_downsample: int = 2
-    glia_min_voxels: int = 400  # smaller glia pieces are absorbed by neighbours
-    absorb_iterations: int = 6
+    glia_min_voxels: int = 3000  # smaller glia pieces are absorbed by neighbours
+    absorb_iterations: int = 12
 
     # --- self-touch verification window (half sizes, voxels z, y, x) -------------
     touch_window_half: tuple[int, int, int] = (2, 12, 12)

@@ -20,8 +20,8 @@ Objects are the *parts*: connected components (6-connectivity) of each ground-tr
 object inside the loss region, recomputed per training patch.  Background (id 0) is
 excluded from the embedding terms.  With a batch, every term is computed per sample
 and the batch loss is the mean over samples (a sample without objects contributes 0
-to the embedding terms).  Everything is vectorised over objects (``index_add`` /
-``bincount`` / ``cdist``); the only Python loop is none.
+to the embedding terms).  Everything is vectorised over objects and samples (``index_add`` / ``bincount`` /
+``cdist``); there is no Python loop over objects or voxels.
 
 Target preprocessing (numpy, per patch, before cropping): :func:`augment_background`
 is the 3x3x1 background-augmenting kernel of Fig. S4; :func:`local_parts` the
@@ -134,7 +134,7 @@ def discriminative_loss(
     ignored (background), ids unique within a sample.  ``parents``: same shape, the
     original object id of each voxel; the external terms between two parts with the
     same parent are dropped.  ``None``: every part is its own object.
-    Computed in float32 whatever the embedding dtype.
+    Computed in float32 for half-precision embeddings (float64 stays float64).
     """
     if embedding.ndim != 5 or parts.shape != embedding.shape[:1] + embedding.shape[2:]:
         raise ValueError(
@@ -143,29 +143,40 @@ def discriminative_loss(
         )
     n, d = embedding.shape[:2]
     dev = embedding.device
-    x_all = embedding.float().permute(0, 2, 3, 4, 1).reshape(-1, d)
+    if embedding.dtype not in (torch.float32, torch.float64):
+        embedding = embedding.float()  # mixed precision: the loss is float32
+    x = embedding.permute(0, 2, 3, 4, 1).reshape(-1, d)  # (N*V, D)
     parts = parts.to(dev).long().reshape(n, -1)
-    fg = parts > 0
+    if int(parts.min()) < 0:
+        raise ValueError("part ids must be >= 0")
+    fg = (parts > 0).reshape(-1)
     zero = embedding.sum() * 0.0  # keeps the graph connected when there is nothing
     if not bool(fg.any()):
         z = zero.float()
         return z, z.detach(), z.detach(), z.detach()
 
+    # Object index of every voxel without sorting: key = sample * stride + part id;
+    # present keys are numbered 0..C-1, background goes to the extra slot C.
     stride = int(parts.max()) + 1
-    sample_of_voxel = torch.arange(n, device=dev)[:, None].expand_as(parts)
-    key = (sample_of_voxel * stride + parts)[fg]
-    uniq, inv = torch.unique(key, return_inverse=True)
+    key = (torch.arange(n, device=dev)[:, None] * stride + parts).reshape(-1)
+    key_count = torch.bincount(key, minlength=n * stride)
+    key_count.view(n, stride)[:, 0] = 0
+    uniq = torch.nonzero(key_count, as_tuple=True)[0]
     n_obj = uniq.numel()
+    remap = torch.full((n * stride,), n_obj, dtype=torch.long, device=dev)
+    remap[uniq] = torch.arange(n_obj, device=dev)
+    inv = remap[key]  # (N*V,), n_obj for background
     obj_sample = uniq // stride
-    x = x_all[fg.reshape(-1)]
 
-    counts = torch.bincount(inv, minlength=n_obj).to(x.dtype)
-    mu = torch.zeros(n_obj, d, device=dev, dtype=x.dtype).index_add_(0, inv, x) / counts[:, None]
+    counts = key_count[uniq].to(x.dtype)
+    sums = torch.zeros(n_obj + 1, d, device=dev, dtype=x.dtype).index_add_(0, inv, x)
+    mu = sums[:n_obj] / counts[:, None]
     n_c = torch.bincount(obj_sample, minlength=n).to(x.dtype)  # objects per sample
 
     # Eq. 1: squared L1 distance to the object mean, mean per object, mean per sample.
-    d_int = (mu[inv] - x).abs().sum(1).square()
-    per_obj = torch.zeros(n_obj, device=dev, dtype=x.dtype).index_add_(0, inv, d_int) / counts
+    mu_ext = torch.cat([mu, mu.new_zeros(1, d)], 0)
+    d_int = (mu_ext[inv] - x).abs().sum(1).square()
+    per_obj = torch.zeros(n_obj + 1, device=dev, dtype=x.dtype).index_add_(0, inv, d_int)[:n_obj] / counts
     l_int = torch.zeros(n, device=dev, dtype=x.dtype).index_add_(0, obj_sample, per_obj) / n_c.clamp(min=1)
 
     # Eq. 3.
@@ -175,9 +186,12 @@ def discriminative_loss(
     if parents is None:
         parent = uniq
     else:
-        par_v = (parents.to(dev).long().reshape(n, -1) + sample_of_voxel * 0)[fg]
-        parent = torch.zeros(n_obj, dtype=torch.long, device=dev).scatter_(0, inv, par_v)
-        parent = obj_sample * (int(parents.max()) + 1) + parent
+        if parents.shape != embedding.shape[:1] + embedding.shape[2:]:
+            raise ValueError(f"parents {tuple(parents.shape)} do not match parts")
+        # Every voxel of a part has the same parent, so scatter's last write is fine.
+        parent = torch.zeros(n_obj + 1, dtype=torch.long, device=dev).scatter_(
+            0, inv, parents.to(dev).long().reshape(-1)
+        )[:n_obj]
     dist = torch.cdist(mu[None], mu[None], p=1)[0]
     hinge = torch.clamp(2.0 * delta_d - dist, min=0.0).square()
     valid = (obj_sample[:, None] == obj_sample[None, :]) & (parent[:, None] != parent[None, :])
@@ -191,11 +205,13 @@ def discriminative_loss(
 
 def background_loss(mask_logit: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Eq. 5's background term: BCE of ``mask_logit`` (N, 1, Z, Y, X) vs target 1 = background."""
-    target = background.to(mask_logit.device).float()
+    target = background.to(mask_logit.device)
     if target.ndim == mask_logit.ndim - 1:
         target = target[:, None]
-    logit = _crop_to(mask_logit, tuple(target.shape)).float()
-    return F.binary_cross_entropy_with_logits(logit, target)
+    logit = _crop_to(mask_logit, tuple(target.shape))
+    if logit.dtype not in (torch.float32, torch.float64):
+        logit = logit.float()
+    return F.binary_cross_entropy_with_logits(logit, target.to(logit.dtype))
 
 
 def embedding_loss(

@@ -1,0 +1,36 @@
+"""Lean, exact, blockwise-composable Mutex Watershed (numba) and the mwatershed reference.
+
+Voxel level: :func:`mutex_watershed` (plain) and :func:`mutex_watershed_region`
+(region mode with freezing → fragments refining the global MWS).  Graph level:
+:func:`graph_mutex_watershed` with :func:`contract_edges` / :func:`upward_edges` for
+hierarchical agglomeration.  Edge order: :mod:`embedseg_daisy.mws.keys`.
+"""
+
+from .graph import contract_edges, graph_mutex_watershed, upward_edges
+from .keys import (
+    DEFAULT_TIEBREAK,
+    TIEBREAK_HASH,
+    TIEBREAK_RASTER,
+    TIEBREAK_TILE,
+    edge_keys,
+    key_priority,
+)
+from .reference import mwatershed_reference, signed_weights
+from .voxel import RegionResult, mutex_watershed, mutex_watershed_region
+
+__all__ = [
+    "DEFAULT_TIEBREAK",
+    "TIEBREAK_HASH",
+    "TIEBREAK_RASTER",
+    "TIEBREAK_TILE",
+    "RegionResult",
+    "contract_edges",
+    "edge_keys",
+    "graph_mutex_watershed",
+    "key_priority",
+    "mutex_watershed",
+    "mutex_watershed_region",
+    "mwatershed_reference",
+    "signed_weights",
+    "upward_edges",
+]

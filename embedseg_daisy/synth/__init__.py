@@ -1,0 +1,17 @@
+"""Synthetic serial-section EM volumes with dense, honest ground truth.
+
+``python -m embedseg_daisy.synth OUT.zarr --shape Z Y X --seed N`` writes ``raw``
+(uint8) and ``labels`` (uint64, 0 = boundary) datasets.
+
+Modules, one job each: ``params`` (constants), ``curves`` and ``flow``
+(skeleton paths), ``packing`` (occupancy), ``neurites`` (object geometry),
+``rasterize`` (slab projection, membranes), ``glia``, ``components`` (6-connected
+relabelling), ``render`` (EM appearance), ``defects``, ``touches`` (self-touch
+verification), ``volume`` (the pipeline), ``io``, ``preview``.
+"""
+
+from .io import read_volume, write_volume
+from .params import DEFAULT_PARAMS, SynthParams
+from .volume import SynthVolume, generate_volume
+
+__all__ = ["DEFAULT_PARAMS", "SynthParams", "SynthVolume", "generate_volume", "read_volume", "write_volume"]

@@ -1,0 +1,225 @@
+"""Training data, config, loop (CPU smoke + resume), CLI, and a CUDA step (gpu mark)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from funlib.geometry import Coordinate
+from funlib.persistence import prepare_ds
+from scipy.spatial import cKDTree
+
+from embedseg_daisy.errors import ConfigError, InputError
+from embedseg_daisy.nn import load_checkpoint, read_checkpoint
+from embedseg_daisy.train import main
+from embedseg_daisy.training.augment import AugmentConfig
+from embedseg_daisy.training.config import load_train_config, parse_train_config
+from embedseg_daisy.training.data import PatchSampler, open_volume
+from embedseg_daisy.training.loop import train
+
+SMALL_MODEL = {"widths": [8, 16], "input_shape": [4, 32, 32], "output_crop": [2, 24, 24]}
+
+
+def write_toy_volume(path, shape=(8, 48, 48), seed=0, n_cells=40):
+    """Random Voronoi partition (anisotropic, 29 vs 12 nm) with dark boundaries."""
+    rng = np.random.default_rng(seed)
+    scale = np.array([29 / 12, 1.0, 1.0])
+    seeds = rng.uniform(0, 1, (n_cells, 3)) * np.array(shape) * scale
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+    _, idx = cKDTree(seeds).query(grid * scale)
+    labels = (idx + 1).reshape(shape).astype(np.uint64) * np.uint64(1_000_003)  # large ids
+    edge = np.zeros(shape, bool)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+    labels[edge] = 0
+    raw = np.clip(0.7 + 0.08 * rng.standard_normal(shape), 0, 1)
+    raw[edge] = 0.15
+    raw = (raw * 255).astype(np.uint8)
+    for name, arr in (("raw", raw), ("labels", labels)):
+        ds = prepare_ds(
+            f"{path}/{name}", shape=arr.shape, offset=Coordinate(0, 0, 0),
+            voxel_size=Coordinate(29, 12, 12), dtype=arr.dtype, mode="w",
+        )
+        ds[ds.roi] = arr
+    return raw, labels
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vols")
+    write_toy_volume(d / "train.zarr", seed=0)
+    write_toy_volume(d / "val.zarr", seed=1)
+    return d
+
+
+def _cfg(volumes, out_dir, kind="embedding", **kw):
+    data = dict(
+        kind=kind,
+        train=[{"path": str(volumes / "train.zarr")}],
+        validation=[{"path": str(volumes / "val.zarr")}],
+        out_dir=str(out_dir),
+        steps=30,
+        log_every=1,
+        val_every=10,
+        val_patches=2,
+        checkpoint_every=10,
+        batch_size=2,
+        num_threads=1,
+        progress=False,
+        model=SMALL_MODEL,
+    )
+    data.update(kw)
+    return parse_train_config(data)
+
+
+def _train_losses(out_dir):
+    recs = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["total"] for r in recs if r["split"] == "train"], recs
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_open_volume_and_sampler(volumes):
+    vol = open_volume(volumes / "train.zarr")
+    assert vol.raw.dtype == np.float32 and 0 <= vol.raw.min() and vol.raw.max() <= 1
+    assert vol.labels.dtype == np.uint64 and vol.voxel_size == (29, 12, 12)
+    s = PatchSampler([vol], (4, 32, 32), (2, 24, 24), AugmentConfig())
+    b = s.batch(np.random.default_rng(0), 3)
+    assert b.raw.shape == (3, 1, 4, 32, 32) and b.raw.dtype == torch.float32
+    assert b.labels.shape == b.parts.shape == (3, 2, 24, 24)
+    assert b.labels.dtype == b.parts.dtype == torch.int64
+    assert b.myelin is None
+    b2 = s.batch(np.random.default_rng(0), 3)
+    assert torch.equal(b.raw, b2.raw) and torch.equal(b.parts, b2.parts)
+
+
+def test_sampler_targets_are_cropped_and_kernelled(volumes):
+    vol = open_volume(volumes / "train.zarr")
+    s = PatchSampler([vol], (4, 32, 32), (2, 24, 24), None)
+    rng = np.random.default_rng(3)
+    p = s.sample_patch(rng, augmented=False)
+    labels, parts, _ = s.targets(p)
+    # No two different ids are in-plane neighbours after the Fig. S4 kernel.
+    a, b = labels[:, :, 1:], labels[:, :, :-1]
+    assert not ((a != b) & (a > 0) & (b > 0)).any()
+    a, b = labels[:, 1:], labels[:, :-1]
+    assert not ((a != b) & (a > 0) & (b > 0)).any()
+    assert parts.max() >= labels.max() > 0
+
+
+def test_volume_errors(tmp_path, volumes):
+    with pytest.raises(InputError, match="cannot open"):
+        open_volume(tmp_path / "nothing.zarr")
+    vol = open_volume(volumes / "train.zarr")
+    with pytest.raises(InputError, match="smaller than the input patch"):
+        PatchSampler([vol], (20, 128, 128), (16, 96, 96))
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_rejects_unknown_fields_and_names_them(tmp_path, volumes):
+    good = json.loads(_cfg(volumes, tmp_path / "o").model_dump_json())
+    bad = dict(good, learning_rate=1)
+    bad["loss"] = dict(good["loss"], delta_d=-1)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path)
+    msg = str(info.value)
+    assert "learning_rate: unknown field" in msg and "loss.delta_d" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="model: invalid model spec"):
+        parse_train_config(dict(good, model={"widths": [4, 8], "depth": 3}))
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        load_train_config(path)
+    spec = _cfg(volumes, tmp_path / "o", kind="affinity").model_spec()
+    assert spec.kind == "affinity" and spec.widths == (8, 16) and len(spec.offsets) == 12
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_embedding_training_loss_falls(tmp_path, volumes):
+    out = tmp_path / "emb"
+    res = train(_cfg(volumes, out, export=str(tmp_path / "ship" / "embedding.pt")))
+    assert res.step == 30
+    losses, recs = _train_losses(out)
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert sum(r["split"] == "val" for r in recs) == 3
+    for name in ("latest.pt", "model.pt", "best.pt", "loss.png", "train.log", "config.json"):
+        assert (out / name).exists(), name
+    log = (out / "train.log").read_text().splitlines()
+    assert any("step 30/30 total" in line and "internal" in line for line in log)
+    model, spec = load_checkpoint(out / "model.pt", expected_kind="embedding")
+    assert spec.training["step"] == 30 and spec.widths == (8, 16)
+    assert (out / "model.pt").stat().st_size < 10e6
+    # the exported file is the best validation checkpoint
+    assert (tmp_path / "ship" / "embedding.pt").read_bytes() == (out / "best.pt").read_bytes()
+
+
+def test_affinity_training_loss_falls(tmp_path, volumes):
+    out = tmp_path / "aff"
+    train(_cfg(volumes, out, kind="affinity", steps=20, validation=[], val_every=0))
+    losses, _ = _train_losses(out)
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    _, spec = load_checkpoint(out / "model.pt", expected_kind="affinity")
+    assert len(spec.offsets) == 12
+    assert not (out / "best.pt").exists()
+
+
+def test_resume_continues_from_saved_step(tmp_path, volumes):
+    straight = tmp_path / "straight"
+    train(_cfg(volumes, straight, steps=10, checkpoint_every=6, val_every=0))
+    split = tmp_path / "split"
+    cfg = _cfg(volumes, split, steps=10, checkpoint_every=6, val_every=0)
+    train(cfg, steps=6)
+    assert read_checkpoint(split / "latest.pt")["step"] == 6
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg)
+    res = train(cfg, resume=True)
+    assert res.step == 10
+    assert "resumed from" in (split / "train.log").read_text()
+    losses, _ = _train_losses(split)
+    assert len(losses) == 10  # 6 before + 4 after, no duplicates
+    # model + optimizer + sampler RNG restored: same weights as an uninterrupted run
+    a = read_checkpoint(straight / "latest.pt")["state_dict"]
+    b = read_checkpoint(split / "latest.pt")["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    # resuming a finished run does nothing more
+    assert train(cfg, resume=True).step == 10
+
+
+def test_cli(tmp_path, volumes, capsys):
+    cfg = json.loads(_cfg(volumes, tmp_path / "cli", steps=3).model_dump_json())
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    assert main([str(path), "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["step"] == 2
+    assert main([str(path), "--resume", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
+    cfg["bogus"] = 1
+    path.write_text(json.dumps(cfg))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bogus: unknown field" in err and err.count("\n") == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_cuda_training_and_inference_step(tmp_path, volumes):
+    out = tmp_path / "cuda"
+    res = train(_cfg(volumes, out, steps=4, device="cuda", val_every=2, checkpoint_every=2))
+    assert res.step == 4 and np.isfinite(res.last_train["total"])
+    model, spec = load_checkpoint(out / "model.pt", device="cuda", expected_kind="embedding")
+    x = torch.rand(2, 1, *spec.input_shape, device="cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        y = model(x)
+    assert y.embedding.shape == (2, 24, *spec.input_shape) and y.embedding.is_cuda
+    assert torch.isfinite(y.embedding.float()).all()
+    res = train(_cfg(volumes, tmp_path / "cuda16", kind="affinity", steps=2, device="cuda", amp_dtype="float16"))
+    assert np.isfinite(res.last_train["total"])
