@@ -185,6 +185,24 @@ def run_device(args, device: torch.device, amp: bool) -> dict:
     }
 
 
+def blockwise_patch_factor(block, output_patch, volume=(128, 1536, 1536)) -> dict:
+    """Patches computed by a blockwise run (every block runs every patch touching it)
+    divided by the lattice size, on a large volume (counting only, no network)."""
+    lat = get_lattice(volume, output_patch)
+    per_axis = []
+    for a in range(3):
+        n = 0
+        for b in range(0, volume[a], block[a]):
+            n += len(lat.axis_range_touching(a, b, min(b + block[a], volume[a])))
+        per_axis.append(n / len(lat.origins[a]))
+    return {
+        "block": list(block),
+        "volume": list(volume),
+        "factor": float(np.prod(per_axis)),
+        "per_axis": [round(f, 4) for f in per_axis],
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--net", choices=["auto", "preset", "standin"], default="auto")
@@ -195,8 +213,14 @@ def main(argv=None) -> int:
     ap.add_argument("--input-patch", type=int, nargs=3, default=[20, 128, 128])
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, plus CUDA if available")
+    ap.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, plus CUDA if available"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument(
+        "--stage-block", type=int, nargs=3, default=[32, 384, 384],
+        help="report how many more patches a blockwise run with this write block computes (counting only)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "predict.json"))
     args = ap.parse_args(argv)
     if args.threads:
@@ -212,6 +236,7 @@ def main(argv=None) -> int:
         runs.append(run_device(args, dev, amp=True))
     result = {
         "benchmark": "predict_box vs bare forward",
+        "blockwise_patch_factor": blockwise_patch_factor(args.stage_block, args.output_patch),
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -223,13 +248,20 @@ def main(argv=None) -> int:
         "runs": runs,
     }
     for r in runs:
+        tb, tp = statistics.median(r["seconds_bare_forward"]), statistics.median(r["seconds_predict_box"])
         print(
             f"{r['device']:>8} {r['net']}: {r['patches']} patches, batch {r['batch_size']}, amp={r['amp_float16']}\n"
-            f"   bare forward  {r['voxels_per_s_bare_forward'] / 1e3:9.1f} kvox/s  (median {statistics.median(r['seconds_bare_forward']):.2f} s)\n"
-            f"   predict_box   {r['voxels_per_s_predict_box'] / 1e3:9.1f} kvox/s  (median {statistics.median(r['seconds_predict_box']):.2f} s)\n"
-            f"   ratio {r['ratio_predict_over_bare']:.3f} (goal <= 1.15); non-forward {1e3 * r['non_forward_seconds_per_patch']:.1f} ms/patch\n"
+            f"   bare forward  {r['voxels_per_s_bare_forward'] / 1e3:9.1f} kvox/s  (median {tb:.2f} s)\n"
+            f"   predict_box   {r['voxels_per_s_predict_box'] / 1e3:9.1f} kvox/s  (median {tp:.2f} s)\n"
+            f"   ratio {r['ratio_predict_over_bare']:.3f} (goal <= 1.15); "
+            f"non-forward {1e3 * r['non_forward_seconds_per_patch']:.1f} ms/patch\n"
             f"   profile {r['profile_seconds']}"
         )
+    f = result["blockwise_patch_factor"]
+    print(
+        f"blockwise run with write block {f['block']}: {f['factor']:.3f}x the lattice's patches "
+        f"(per axis {f['per_axis']})"
+    )
     print(f"load average before {result['loadavg_before']}, after {result['loadavg_after']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

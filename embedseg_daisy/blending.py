@@ -181,7 +181,9 @@ class Lattice:
         self.stride = default_stride(self.output_patch) if stride is None else _vec3(stride, "stride")
         for v, o, s in zip(self.volume_shape, self.output_patch, self.stride):
             if v < 1 or o < 1 or s < 1:
-                raise ValueError(f"volume {self.volume_shape}, crop {self.output_patch}, stride {self.stride}: all must be positive")
+                raise ValueError(
+                    f"volume {self.volume_shape}, crop {self.output_patch}, stride {self.stride}: all must be positive"
+                )
             if s > o:
                 raise ValueError(f"stride {self.stride} larger than the crop {self.output_patch} leaves gaps")
         self.origins: tuple[np.ndarray, np.ndarray, np.ndarray] = tuple(
@@ -265,7 +267,9 @@ class Lattice:
         table[valid] = e / den[xv]
         return table
 
-    def patch_axis_weights(self, patch: Patch, shift: Sequence[int] = (0, 0, 0), partner_in_crop: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def patch_axis_weights(
+        self, patch: Patch, shift: Sequence[int] = (0, 0, 0), partner_in_crop: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The three 1-D normalised weights (float64, length ``O`` per axis) of ``patch``."""
         return tuple(
             self.axis_weights(a, int(shift[a]), partner_in_crop)[patch.index[a]] for a in range(3)
@@ -287,11 +291,18 @@ class Lattice:
             length, out = self.volume_shape[axis], self.output_patch[axis]
             origins = self.origins[axis]
             x = np.arange(length, dtype=np.int64)
+            # crops holding x: origins[lo..hi] (sorted origins, equal crop lengths)
+            lo = np.searchsorted(origins + out, x, side="right")
+            hi = np.searchsorted(origins, x, side="right") - 1
+            owner = lo.copy()
             # doubled coordinates keep the half-voxel centres integral
-            dist = np.abs(2 * x[None, :] - (2 * origins[:, None] + out - 1)).astype(np.float64)
-            inside = (x[None, :] >= origins[:, None]) & (x[None, :] < origins[:, None] + out)
-            dist[~inside] = np.inf
-            owner = np.argmin(dist, axis=0).astype(np.int64)  # first minimum on ties
+            best = np.abs(2 * x - (2 * origins[lo] + out - 1))
+            for t in range(1, int((hi - lo).max()) + 1 if length else 1):
+                j = np.minimum(lo + t, hi)
+                d = np.abs(2 * x - (2 * origins[j] + out - 1))
+                better = (lo + t <= hi) & (d < best)  # strict: ties keep the earlier origin
+                owner = np.where(better, j, owner)
+                best = np.where(better, d, best)
             owner.setflags(write=False)
             self._owners[axis] = owner
         return owner
@@ -300,11 +311,13 @@ class Lattice:
         """Voxels (a box) whose nearest crop centre is ``patch``'s, or ``None``."""
         begin, end = [], []
         for a in range(3):
-            hit = np.flatnonzero(self.axis_owner(a) == patch.index[a])
-            if not hit.size:
+            owner = self.axis_owner(a)  # non-decreasing
+            b = int(np.searchsorted(owner, patch.index[a], side="left"))
+            e = int(np.searchsorted(owner, patch.index[a], side="right"))
+            if b == e:
                 return None
-            begin.append(int(hit[0]))
-            end.append(int(hit[-1]) + 1)
+            begin.append(b)
+            end.append(e)
         return tuple(begin), tuple(end)  # type: ignore[return-value]
 
 
@@ -313,7 +326,9 @@ def _cached_lattice(volume_shape: Vec3, output_patch: Vec3, stride: Vec3) -> Lat
     return Lattice(volume_shape, output_patch, stride)
 
 
-def get_lattice(volume_shape: Sequence[int], output_patch: Sequence[int], stride: Sequence[int] | None = None) -> Lattice:
+def get_lattice(
+    volume_shape: Sequence[int], output_patch: Sequence[int], stride: Sequence[int] | None = None
+) -> Lattice:
     """A cached :class:`Lattice` (tables are built once per volume geometry)."""
     output_patch = _vec3(output_patch, "output_patch")
     stride = default_stride(output_patch) if stride is None else _vec3(stride, "stride")

@@ -290,67 +290,61 @@ def _check_model_device(model, device: torch.device) -> None:
 
 
 class _Blender:
-    """Float32 accumulators over the box and per-patch normalised weights on the device."""
+    """Float32 accumulators over the box; per-axis normalised weights uploaded once.
 
-    def __init__(self, lattice: Lattice, rel_box: Box, shifts: list[Vec3], partner_in_crop: bool, device, with_background: bool):
+    The weight of patch ``(iz, iy, ix)`` for channel ``c`` is the product of three 1-D
+    float32 vectors taken from the lattice's global tables, so it does not depend on the
+    box; it is applied as ``((y * wz) * wy) * wx`` and added with a separate ``add``
+    (never a fused multiply-add), so every element rounds the same way in any layout."""
+
+    def __init__(
+        self, lattice: Lattice, rel_box: Box, shifts: list[Vec3], partner_in_crop: bool, device, with_background: bool
+    ):
         self.lattice = lattice
         self.rel_box = rel_box
-        self.shifts = shifts
-        self.partner_in_crop = partner_in_crop
-        self.device = device
         self.out_shape = lattice.output_patch
         box_shape = tuple(e - b for b, e in zip(*rel_box))
         self.affs = torch.zeros((len(shifts),) + box_shape, dtype=torch.float32, device=device)
         self.background = torch.zeros(box_shape, dtype=torch.float32, device=device) if with_background else None
-        self._wz: dict[int, torch.Tensor] = {}
-        self._wyx: dict[tuple[int, int], torch.Tensor] = {}
-        self._mz: dict[int, torch.Tensor] = {}
-        self._myx: dict[tuple[int, int], torch.Tensor] = {}
-
-    def _weights(self, patch: Patch, shifts: list[Vec3]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(C, Oz, 1, 1)`` and ``(C, 1, Oy, Ox)`` float32 whose product is the patch's
-        normalised weight per channel (fixed per patch, independent of the box)."""
-        iz, iy, ix = patch.index
-        lat, pic = self.lattice, self.partner_in_crop
-        wz = np.stack([lat.axis_weights(0, s[0], pic)[iz] for s in shifts])
-        wy = np.stack([lat.axis_weights(1, s[1], pic)[iy] for s in shifts])
-        wx = np.stack([lat.axis_weights(2, s[2], pic)[ix] for s in shifts])
-        wyx = wy[:, :, None] * wx[:, None, :]
-        to = dict(dtype=torch.float32, device=self.device)
-        return (
-            torch.as_tensor(wz.astype(np.float32)[:, :, None, None]).to(**to),
-            torch.as_tensor(wyx.astype(np.float32)[:, None]).to(**to),
-        )
-
-    def aff_weights(self, patch: Patch):
-        key_z, key_yx = patch.index[0], patch.index[1:]
-        if key_z not in self._wz or key_yx not in self._wyx:
-            wz, wyx = self._weights(patch, self.shifts)
-            self._wz.setdefault(key_z, wz)
-            self._wyx.setdefault(key_yx, wyx)
-        return self._wz[key_z], self._wyx[key_yx]
+        self.first = []  # first touching origin index per axis
+        self.aff_w: list[torch.Tensor] = []  # per axis (n_a, K, ...) broadcastable over (K, Oz, Oy, Ox)
+        self.mask_w: list[torch.Tensor] = []  # per axis (n_a, ...) broadcastable over (Oz, Oy, Ox)
+        for a in range(3):
+            r = lattice.axis_range_touching(a, rel_box[0][a], rel_box[1][a])
+            self.first.append(r.start)
+            rows = slice(r.start, r.stop)
+            table = np.stack([lattice.axis_weights(a, s[a], partner_in_crop)[rows] for s in shifts], axis=1)
+            mask = lattice.axis_weights(a, 0, partner_in_crop)[rows]
+            view = [1, 1, 1]
+            view[a] = self.out_shape[a]
+            self.aff_w.append(_to_device(table.reshape((len(r), len(shifts)) + tuple(view)), device))
+            self.mask_w.append(_to_device(mask.reshape((len(r),) + tuple(view)), device))
+        self._contrib: torch.Tensor | None = None
 
     def add(self, patch: Patch, affs: torch.Tensor, background: torch.Tensor | None) -> None:
         """Add one patch's crop-sized outputs (``(K, *O)`` and ``(*O)``) in place."""
         p_sl, b_sl = _overlap(patch, self.out_shape, self.rel_box)
-        wz, wyx = self.aff_weights(patch)
-        y = affs[(slice(None),) + p_sl]
-        # plain mul then add (never a fused multiply-add): bit-identical per element
-        contrib = torch.mul(y, wz[:, p_sl[0]]).mul_(wyx[:, :, p_sl[1], p_sl[2]])
+        n = tuple(s.stop - s.start for s in p_sl)
+        i = [patch.index[a] - self.first[a] for a in range(3)]
+        if self._contrib is None:  # scratch reused by every patch
+            shape = (self.affs.shape[0],) + tuple(self.out_shape)
+            self._contrib = torch.empty(shape, dtype=torch.float32, device=self.affs.device)
+        wz, wy, wx = (self.aff_w[a][i[a]] for a in range(3))
+        contrib = self._contrib[:, : n[0], : n[1], : n[2]]
+        torch.mul(affs[(slice(None),) + p_sl], wz[:, p_sl[0]], out=contrib)
+        contrib.mul_(wy[:, :, p_sl[1]]).mul_(wx[:, :, :, p_sl[2]])
         self.affs[(slice(None),) + b_sl].add_(contrib)
         if background is not None and self.background is not None:
-            wz0, wyx0 = self.mask_weights(patch)
-            contrib = torch.mul(background[p_sl], wz0[p_sl[0]]).mul_(wyx0[:, p_sl[1], p_sl[2]])
+            wz, wy, wx = (self.mask_w[a][i[a]] for a in range(3))
+            contrib = self._contrib[0, : n[0], : n[1], : n[2]]
+            torch.mul(background[p_sl], wz[p_sl[0]], out=contrib)
+            contrib.mul_(wy[:, p_sl[1]]).mul_(wx[:, :, p_sl[2]])
             self.background[b_sl].add_(contrib)
 
-    def mask_weights(self, patch: Patch):
-        """``(Oz, 1, 1)`` and ``(1, Oy, Ox)`` float32 voxel-wise weights of ``patch``."""
-        key_z, key_yx = patch.index[0], patch.index[1:]
-        if key_z not in self._mz or key_yx not in self._myx:
-            wz, wyx = self._weights(patch, [(0, 0, 0)])
-            self._mz.setdefault(key_z, wz[0])
-            self._myx.setdefault(key_yx, wyx[0])
-        return self._mz[key_z], self._myx[key_yx]
+
+def _to_device(table: np.ndarray, device) -> torch.Tensor:
+    """float64 table -> float32 tensor on ``device`` (one copy per call, not per patch)."""
+    return torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)).to(device)
 
 
 def _run(
@@ -398,8 +392,7 @@ def _run(
     blender = _Blender(lattice, rel_box, offsets, partner_in_crop, device, with_background=kind == "embedding")
     box_shape = tuple(e - b for b, e in zip(*rel_box))
     emb_out: torch.Tensor | None = None
-    scratch: torch.Tensor | None = None
-    aff_buf: torch.Tensor | None = None
+    emb_buf = scratch = aff_buf = bg_buf = None  # per-call buffers, allocated at the first patch
 
     with _deterministic_cudnn(device), torch.inference_mode():
         for group, x in _InputBatches(read_raw, patches, batch_size, out_shape, in_shape, origin, device, timer):
@@ -408,20 +401,25 @@ def _run(
             for j, patch in enumerate(group):
                 if kind == "embedding":
                     with timer("affinity"):
-                        # a fresh contiguous crop: identical layout for every patch and batch slot
-                        emb = _crop(out.embedding[j], ctx, out_shape, in_shape).float().contiguous()
-                        if scratch is None:  # buffers reused by every patch of the call
-                            scratch = torch.empty_like(emb)
+                        crop = _crop(out.embedding[j], ctx, out_shape, in_shape)
+                        if emb_buf is None:  # buffers reused by every patch of the call
+                            emb_buf = torch.empty(crop.shape, dtype=torch.float32, device=device)
+                            scratch = torch.empty_like(emb_buf)
                             aff_buf = torch.empty((len(offsets),) + out_shape, dtype=torch.float32, device=device)
+                            bg_buf = torch.empty(out_shape, dtype=torch.float32, device=device)
+                        # a contiguous copy: identical layout for every patch and batch slot
+                        emb = emb_buf.copy_(crop)
                         affs, _ = metric_affinities(emb, offsets, delta_d, out=aff_buf, scratch=scratch)
-                        bg = torch.sigmoid(_crop(out.mask_logit[j, 0], ctx, out_shape, in_shape).float())
+                        bg = torch.sigmoid(_crop(out.mask_logit[j, 0], ctx, out_shape, in_shape).float(), out=bg_buf)
                     with timer("blend"):
                         blender.add(patch, affs, bg)
                         if return_embeddings:
                             owned = lattice.owned_box(patch)
                             if owned is not None:
                                 if emb_out is None:
-                                    emb_out = torch.zeros((emb.shape[0],) + box_shape, dtype=torch.float32, device=device)
+                                    emb_out = torch.zeros(
+                                        (emb.shape[0],) + box_shape, dtype=torch.float32, device=device
+                                    )
                                 lo = [max(a, b) for a, b in zip(owned[0], rel_box[0])]
                                 hi = [min(a, b) for a, b in zip(owned[1], rel_box[1])]
                                 if all(l < h for l, h in zip(lo, hi)):
@@ -432,8 +430,12 @@ def _run(
                     with timer("affinity"):
                         logits = _crop(out.logits[j], ctx, out_shape, in_shape).float()
                         if logits.shape[0] != len(offsets):
-                            raise ValueError(f"affinity net has {logits.shape[0]} channels but {len(offsets)} offsets were given")
-                        affs = torch.sigmoid(logits).contiguous()
+                            raise ValueError(
+                                f"affinity net has {logits.shape[0]} channels but {len(offsets)} offsets were given"
+                            )
+                        if aff_buf is None:
+                            aff_buf = torch.empty((len(offsets),) + out_shape, dtype=torch.float32, device=device)
+                        affs = torch.sigmoid(logits, out=aff_buf)
                     with timer("blend"):
                         blender.add(patch, affs, None)
         with timer("to_host"):

@@ -253,3 +253,16 @@ def test_nearest_owner_partition():
     # along x: origins 0, 8, 16, 21 (centres 7.5, 15.5, 23.5, 28.5)
     assert lat.origins[2].tolist() == [0, 8, 16, 21]
     assert lat.axis_owner(2)[[0, 11, 12, 19, 20, 26, 27, 36]].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "length,out,stride", [(37, 16, 8), (10, 16, 8), (16, 16, 8), (17, 16, 8), (300, 96, 48), (41, 5, 2), (50, 7, 3)]
+)
+def test_axis_owner_matches_brute_force(length, out, stride):
+    lat = Lattice((1, 1, length), (1, 1, out), (1, 1, stride))
+    o = lat.origins[2]
+    x = np.arange(length)
+    dist = np.abs(2 * x[None, :] - (2 * o[:, None] + out - 1)).astype(float)
+    dist[~((x[None, :] >= o[:, None]) & (x[None, :] < o[:, None] + out))] = np.inf
+    assert lat.axis_owner(2).tolist() == np.argmin(dist, axis=0).tolist()
+    assert np.all(np.diff(lat.axis_owner(2)) >= 0)

@@ -118,7 +118,9 @@ def stitched(fn, shape, block, **kw) -> BoxPrediction:
     first = parts[0][1]
     affs = np.full((first.affinities.shape[0],) + tuple(shape), np.nan, np.float32)
     bg = np.full(shape, np.nan, np.float32) if first.background is not None else None
-    emb = np.full((first.embeddings.shape[0],) + tuple(shape), np.nan, np.float32) if first.embeddings is not None else None
+    emb = None
+    if first.embeddings is not None:
+        emb = np.full((first.embeddings.shape[0],) + tuple(shape), np.nan, np.float32)
     for (b, e), p in parts:
         sl = tuple(slice(x, y) for x, y in zip(b, e))
         affs[(slice(None),) + sl] = p.affinities
@@ -126,7 +128,9 @@ def stitched(fn, shape, block, **kw) -> BoxPrediction:
             bg[sl] = p.background
         if emb is not None:
             emb[(slice(None),) + sl] = p.embeddings
-    return BoxPrediction(affinities=affs, background=bg, offsets=first.offsets, box=((0, 0, 0), tuple(shape)), embeddings=emb)
+    return BoxPrediction(
+        affinities=affs, background=bg, offsets=first.offsets, box=((0, 0, 0), tuple(shape)), embeddings=emb
+    )
 
 
 def assert_invariant(whole: BoxPrediction, blocks: BoxPrediction) -> None:
@@ -147,7 +151,8 @@ def test_block_size_invariance_embedding_net():
     shape = (12, 40, 40)
     raw = random_raw(shape)
     net = ConvEmbeddingNet().eval()
-    kw = dict(model=net, read_raw=array_reader(raw), volume_shape=shape, offsets=PAPER_OFFSETS, return_embeddings=True, **SMALL)
+    read = array_reader(raw)
+    kw = dict(model=net, read_raw=read, volume_shape=shape, offsets=PAPER_OFFSETS, return_embeddings=True, **SMALL)
     whole = predict_box(box=((0, 0, 0), shape), **kw)
     assert whole.affinities.shape == (12,) + shape and whole.affinities.dtype == np.float32
     assert whole.background.shape == shape and whole.background.dtype == np.float32
@@ -158,6 +163,21 @@ def test_block_size_invariance_embedding_net():
     assert mid.mean() > 0.3
     for block in [(5, 13, 11), (7, 23, 29), (4, 16, 16)]:
         assert_invariant(whole, stitched(predict_box, shape, block, **kw))
+
+
+def test_block_size_invariance_two_threads():
+    """The production setting (2 intra-op threads) on a small volume."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        shape = (8, 24, 24)
+        net = ConvEmbeddingNet(dim=8, width=4).eval()
+        read = array_reader(random_raw(shape, seed=9))
+        kw = dict(model=net, read_raw=read, volume_shape=shape, offsets=PAPER_OFFSETS, **SMALL)
+        whole = predict_box(box=((0, 0, 0), shape), **kw)
+        assert_invariant(whole, stitched(predict_box, shape, (5, 13, 11), **kw))
+    finally:
+        torch.set_num_threads(old)
 
 
 def dense_reference(net, raw, offsets, out_shape, in_shape, *, partner_in_crop=True):
@@ -214,12 +234,13 @@ def test_embedding_net_matches_dense_reference():
     raw = random_raw(shape, seed=5)
     net = ConvEmbeddingNet(dim=6, width=4, scale=0.4).eval()
     ref_affs, ref_bg = dense_reference(net, raw, PAPER_OFFSETS, out_shape, in_shape)
-    got = predict_box(net, array_reader(raw), ((0, 0, 0), shape), shape, PAPER_OFFSETS, output_patch=out_shape, input_patch=in_shape)
+    geo = dict(output_patch=out_shape, input_patch=in_shape)
+    got = predict_box(net, array_reader(raw), ((0, 0, 0), shape), shape, PAPER_OFFSETS, **geo)
     assert 0.05 < got.affinities.mean() < 0.95
     np.testing.assert_allclose(got.affinities, ref_affs, rtol=0, atol=2e-6)
     np.testing.assert_allclose(got.background, ref_bg, rtol=0, atol=2e-6)
     # a box in the middle gives the same values
-    part = predict_box(net, array_reader(raw), ((2, 5, 3), (5, 17, 16)), shape, PAPER_OFFSETS, output_patch=out_shape, input_patch=in_shape)
+    part = predict_box(net, array_reader(raw), ((2, 5, 3), (5, 17, 16)), shape, PAPER_OFFSETS, **geo)
     assert np.array_equal(part.affinities, got.affinities[:, 2:5, 5:17, 3:16])
 
 
@@ -230,7 +251,10 @@ def test_affinity_net_matches_dense_reference_and_is_block_invariant():
     raw = random_raw(shape, seed=6)
     net = ConvAffinityNet(len(offsets), width=4).eval()
     ref_affs, _ = dense_reference(net, raw, offsets, out_shape, in_shape, partner_in_crop=False)
-    kw = dict(model=net, read_raw=array_reader(raw), volume_shape=shape, offsets=offsets, output_patch=out_shape, input_patch=in_shape)
+    kw = dict(
+        model=net, read_raw=array_reader(raw), volume_shape=shape, offsets=offsets,
+        output_patch=out_shape, input_patch=in_shape,
+    )
     whole = predict_box_affinity(box=((0, 0, 0), shape), **kw)
     assert whole.background is None
     np.testing.assert_allclose(whole.affinities, ref_affs, rtol=0, atol=2e-6)
@@ -335,7 +359,8 @@ def test_embeddings_come_from_nearest_patch_unblended():
     shape = (12, 40, 40)
     raw = random_raw(shape, seed=8)
     net = ConvEmbeddingNet(dim=5, width=4).eval()
-    pred = predict_box(net, array_reader(raw), ((0, 0, 0), shape), shape, PAPER_OFFSETS, return_embeddings=True, **SMALL)
+    box = ((0, 0, 0), shape)
+    pred = predict_box(net, array_reader(raw), box, shape, PAPER_OFFSETS, return_embeddings=True, **SMALL)
     lat = get_lattice(shape, SMALL["output_patch"])
     read = array_reader(raw)
     for p in lat.patches():
@@ -369,7 +394,10 @@ def test_array_reader_mirrors():
 def test_model_on_other_device_rejected():
     net = ConvEmbeddingNet(dim=4, width=2)
     with pytest.raises((ValueError, RuntimeError, AssertionError)):
-        predict_box(net, array_reader(random_raw((4, 16, 16))), ((0, 0, 0), (4, 16, 16)), (4, 16, 16), PAPER_OFFSETS, device="meta", **SMALL)
+        shape = (4, 16, 16)
+        predict_box(
+            net, array_reader(random_raw(shape)), ((0, 0, 0), shape), shape, PAPER_OFFSETS, device="meta", **SMALL
+        )
 
 
 @pytest.mark.gpu

@@ -113,11 +113,15 @@ def test_numpy_twin_and_batched_match():
                 assert float(affs_b[0, k][p]) == pytest.approx(want, abs=1e-6)
 
 
-def test_out_argument():
+def test_out_and_scratch_arguments():
     emb = torch.rand(4, 3, 6, 6)
+    ref, _ = metric_affinities(emb, PAPER_OFFSETS)
     out = torch.full((12, 3, 6, 6), 7.0)
-    affs, _ = metric_affinities(emb, PAPER_OFFSETS, out=out)
-    assert affs is out and float(out.max()) <= 1.0
+    scratch = torch.full_like(emb, 5.0)
+    affs, _ = metric_affinities(emb, PAPER_OFFSETS, out=out, scratch=scratch)
+    assert affs is out and torch.equal(out, ref)
+    with pytest.raises(ValueError):
+        metric_affinities(emb, PAPER_OFFSETS, scratch=torch.zeros(4, 3, 6, 5))
     with pytest.raises(ValueError):
         metric_affinities(emb, PAPER_OFFSETS, out=torch.zeros(3, 3, 6, 6))
 

@@ -144,7 +144,9 @@ def test_onednn_route_matches_default():
     assert not any(getattr(m, "onednn", False) for m in model.modules())
 
 
-@pytest.mark.parametrize("shape,k,bias", [((1, 4, 5, 8, 8), 3, True), ((1, 6, 3, 8, 8), 1, False), ((2, 3, 3, 6, 6), 3, True)])
+@pytest.mark.parametrize(
+    "shape,k,bias", [((1, 4, 5, 8, 8), 3, True), ((1, 6, 3, 8, 8), 1, False), ((2, 3, 3, 6, 6), 3, True)]
+)
 def test_onednn_function_gradients(shape, k, bias):
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)

@@ -1,11 +1,13 @@
 """Lean, exact, blockwise-composable Mutex Watershed (numba) and the mwatershed reference.
 
 Voxel level: :func:`mutex_watershed` (plain) and :func:`mutex_watershed_region`
-(region mode with freezing → fragments refining the global MWS).  Graph level:
+(region mode with freezing -> fragments refining the global MWS).  Graph level:
 :func:`graph_mutex_watershed` with :func:`contract_edges` / :func:`upward_edges` for
-hierarchical agglomeration.  Edge order: :mod:`embedseg_daisy.mws.keys`.
+hierarchical agglomeration.  Edge order: :mod:`embedseg_daisy.mws.keys`.  In-memory
+reference of the whole blockwise scheme: :func:`blockwise_mutex_watershed`.
 """
 
+from .blockwise import BlockwiseResult, blockwise_mutex_watershed, voxel_fragment_edges
 from .graph import contract_edges, graph_mutex_watershed, upward_edges
 from .keys import (
     DEFAULT_TIEBREAK,
@@ -19,11 +21,13 @@ from .reference import mwatershed_reference, signed_weights
 from .voxel import RegionResult, mutex_watershed, mutex_watershed_region
 
 __all__ = [
+    "BlockwiseResult",
     "DEFAULT_TIEBREAK",
     "TIEBREAK_HASH",
     "TIEBREAK_RASTER",
     "TIEBREAK_TILE",
     "RegionResult",
+    "blockwise_mutex_watershed",
     "contract_edges",
     "edge_keys",
     "graph_mutex_watershed",
@@ -33,4 +37,5 @@ __all__ = [
     "mwatershed_reference",
     "signed_weights",
     "upward_edges",
+    "voxel_fragment_edges",
 ]

@@ -16,62 +16,9 @@ of the voxel kernel, so applying this level by level (regions of regions) is exa
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from .unionfind import (
-    CROSS_U_INSIDE,
-    CROSS_V_INSIDE,
-    FROZEN,
-    INTERNAL,
-    find,
-    grow_ht,
-    grow_pool,
-    grow_slots,
-    handle_edge,
-    need_ht,
-    need_pool,
-    need_slots,
-    new_state,
-)
-
-
-@numba.njit(cache=True)
-def _graph_kernel(num_nodes, u, v, is_att, order, node_inside):
-    parent, size, flags, mid, htk, htv, meta, sh, sc, pn, pnx = new_state(num_nodes)
-    for i in range(order.size):
-        e = order[i]
-        a = u[e]
-        b = v[e]
-        ia = node_inside[a]
-        ib = node_inside[b]
-        if a == b or not (ia or ib):
-            continue
-        if ia and ib:
-            cross = INTERNAL
-            if not is_att[e]:
-                if need_ht(htk, meta):
-                    htk, htv = grow_ht(htk, htv, meta)
-                if need_slots(sh, meta):
-                    sh, sc = grow_slots(sh, sc)
-                if need_pool(pn, meta):
-                    pn, pnx = grow_pool(pn, pnx)
-        elif ia:
-            cross = CROSS_U_INSIDE
-        else:
-            cross = CROSS_V_INSIDE
-        handle_edge(parent, size, flags, mid, htk, htv, meta, sh, sc, pn, pnx, a, b, is_att[e], cross)
-    # cluster id = smallest node index of the cluster
-    rep = np.full(num_nodes, -1, dtype=np.int64)
-    cluster = np.empty(num_nodes, dtype=np.int64)
-    frozen = np.zeros(num_nodes, dtype=np.bool_)
-    for n in range(num_nodes):
-        r = find(parent, n)
-        if rep[r] < 0:
-            rep[r] = n
-        cluster[n] = rep[r]
-        frozen[n] = node_inside[n] and (flags[r] & FROZEN) != 0
-    return cluster, frozen
+from .kernels import _graph_kernel
 
 
 def _as_edges(u, v, keys, is_attractive):

@@ -16,8 +16,25 @@ Two routes, both toggled per module by :func:`use_onednn`:
   PyTorch select oneDNN (``N > 1``); the zero sample contributes nothing to the
   weight gradient and its input gradient is dropped.  Exact up to float rounding.
 
-Measured on this machine (2 cores, Intel Xeon, torch 2.13 CPU), ``tiny`` embedding net,
-(20, 128, 128) input, batch 1: see ``docs`` in the final report / ``fast_inference``.
+Measured here (2 shared cores, Intel Xeon with AVX-512, torch 2.13.0+cpu, 2 threads,
+best of 5 in the quietest windows; other jobs on the cores made single runs up to 5x
+slower).  Bare forward on ``(1, 1, 20, 128, 128)`` (``python -W ignore -m
+embedseg_daisy.nn.cpu --preset tiny --profile``):
+
+=========  ===================  ===================  ========
+preset     default dispatch     oneDNN route         speed-up
+=========  ===================  ===================  ========
+tiny       0.55 s, 0.60 Mvox/s  0.47 s, 0.70 Mvox/s  1.2x
+paper      1.09 s, 0.30 Mvox/s  1.07 s, 0.31 Mvox/s  1.02x
+=========  ===================  ===================  ========
+
+(input voxels; the output crop (16, 96, 96) is 45 % of them).  In ``tiny`` the three
+``slow_conv3d`` calls cost ~0.2 s of a 0.74 s profiled forward; in ``paper`` the seven
+slow calls are at low resolution (~65 ms).  The 10x of conventions.md was an 8-16-32
+net, where nearly every layer is below the threshold.  Training step (forward,
+backward, AMSGrad) of ``tiny`` at batch 1: 1.55 s default, 1.32-1.40 s with the route
+(the pool-entry convolutions' backward moved from ``slow_conv3d`` to oneDNN).  Batch 2
+cost 4.0-4.7 s per step (2.0-2.3 s per sample), so CPU training uses batch 1.
 """
 
 from __future__ import annotations
@@ -95,7 +112,8 @@ def fast_inference(model: nn.Module, enable: bool = True) -> nn.Module:
     """Put ``model`` in eval mode with the oneDNN route on (the fast CPU inference path).
 
     Use together with ``torch.inference_mode()``.  Measured gain (2 cores, bare
-    forward on (1, 1, 20, 128, 128)): see the module docstring / report.
+    forward on (1, 1, 20, 128, 128)): 1.2x for ``tiny``, ~1.02x for ``paper`` (module
+    docstring).
     """
     model.eval()
     return use_onednn(model, enable)
@@ -103,20 +121,25 @@ def fast_inference(model: nn.Module, enable: bool = True) -> nn.Module:
 
 def benchmark_forward(
     model: nn.Module, shape=(20, 128, 128), batch: int = 1, repeat: int = 5, fast: bool = True
-) -> list[float]:
-    """Seconds per bare forward pass of ``model`` on ``(batch, 1, *shape)`` (CPU)."""
+) -> dict[str, list[float]]:
+    """Wall and process-CPU seconds per bare forward of ``model`` on ``(batch, 1, *shape)``.
+
+    CPU seconds are the more robust number on shared cores (threads wait passively
+    with ``OMP_WAIT_POLICY=PASSIVE``; spinning threads would inflate them).
+    """
     import time
 
     use_onednn(model.eval(), fast)
     x = torch.rand(batch, 1, *shape)
-    times = []
+    wall, cpu = [], []
     with torch.inference_mode():
         model(x)  # warm-up (oneDNN primitive creation)
         for _ in range(repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             model(x)
-            times.append(time.perf_counter() - t)
-    return times
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return {"wall": wall, "cpu": cpu}
 
 
 def _main(argv=None) -> int:
@@ -124,6 +147,8 @@ def _main(argv=None) -> int:
     import argparse
     import os
     import statistics
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # only effective before torch loads
 
     from embedseg_daisy.nn.presets import get_preset
     from embedseg_daisy.nn.rsunet import build_model
@@ -143,11 +168,12 @@ def _main(argv=None) -> int:
     vox = a.batch * int(torch.tensor(spec.input_shape).prod())
     print(f"{a.preset} {a.kind}, input {a.batch}x{spec.input_shape}, {a.threads} threads, torch {torch.__version__}")
     for fast in (False, True):
-        t = benchmark_forward(model, spec.input_shape, a.batch, a.repeat, fast)
-        best, med = min(t), statistics.median(t)
+        r = benchmark_forward(model, spec.input_shape, a.batch, a.repeat, fast)
+        best, med, cpu = min(r["wall"]), statistics.median(r["wall"]), statistics.median(r["cpu"])
         print(
             f"  {'oneDNN route' if fast else 'default     '}: best {best:.3f} s  median {med:.3f} s  "
-            f"-> {vox / best / 1e6:.3f} Mvox/s (best), {vox / med / 1e6:.3f} Mvox/s (median)"
+            f"-> {vox / best / 1e6:.3f} Mvox/s (best), {vox / med / 1e6:.3f} Mvox/s (median); "
+            f"{cpu:.3f} CPU-s per forward"
         )
         if a.profile:
             from torch.profiler import ProfilerActivity, profile

@@ -51,7 +51,13 @@ def ensure_input(cfg: RunConfig) -> None:
     from ..synth import generate_volume, write_volume
 
     log.info("generating synthetic input %s (shape %s, seed %d)", cfg.input.container, syn.shape, syn.seed)
-    volume = generate_volume(tuple(syn.shape), syn.seed, missing_sections=syn.missing_sections, slips=syn.slips)
+    volume = generate_volume(
+        tuple(syn.shape),
+        syn.seed,
+        missing_sections=syn.missing_sections,
+        slips=syn.slips,
+        voxel_size=tuple(cfg.input.voxel_size_nm),
+    )
     write_volume(cfg.input.container, volume, voxel_size=tuple(cfg.input.voxel_size_nm))
 
 

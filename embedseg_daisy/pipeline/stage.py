@@ -128,7 +128,9 @@ class Stage(abc.ABC):
         ctx = Coordinate(self.context)
         block = Coordinate(self.block_shape)
         total = self.write_total_roi.grow(ctx, ctx)
-        read = Roi((0, 0, 0), block).grow(ctx, ctx)
+        # daisy places blocks by the offset of write_roi within read_roi: the first
+        # block reads from total.begin and writes from total.begin + ctx = volume begin
+        read = Roi((0, 0, 0), block + ctx + ctx)
         write = Roi(ctx, block)
         return total, read, write
 

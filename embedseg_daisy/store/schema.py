@@ -99,6 +99,7 @@ COLLECTIONS: dict[str, Collection] = {
                 "bbox": "json",  # [z0, y0, x0, z1, y1, x1), voxels
                 "embedding_sum": "json",  # optional, 24 floats
                 "embedding_count": "int",
+                "frozen": "int",  # 1: may still merge across the block (not a final cluster)
             },
             indexes=[("graph", "block")],
         ),

@@ -19,10 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("out", help="output zarr container, e.g. synth.zarr (datasets raw and labels)")
     ap.add_argument("--shape", nargs=3, type=int, metavar=("Z", "Y", "X"), required=True, help="volume shape in voxels")
     ap.add_argument("--seed", type=int, required=True, help="random seed (same seed, same volume)")
-    ap.add_argument("--voxel-size", nargs=3, type=int, metavar=("Z", "Y", "X"), default=(29, 12, 12), help="nm (default 29 12 12)")
+    ap.add_argument(
+        "--voxel-size", nargs=3, type=int, metavar=("Z", "Y", "X"), default=(29, 12, 12), help="nm (default 29 12 12)"
+    )
     ap.add_argument("--missing-sections", type=int, default=0, metavar="K", help="K sections with blank raw")
     ap.add_argument("--slips", type=int, default=0, metavar="K", help="K sections whose raw alone is shifted")
-    ap.add_argument("--steps", type=int, default=0, metavar="K", help="K misalignment steps (raw and labels shift from z on)")
+    ap.add_argument(
+        "--steps", type=int, default=0, metavar="K", help="K misalignment steps (raw and labels shift from z on)"
+    )
     ap.add_argument("--preview", metavar="PNG", help="also write a montage of sections and an xz reslice")
     ap.add_argument("--quiet", action="store_true")
     return ap
@@ -51,7 +55,8 @@ def main(argv=None) -> int:
     if args.preview:
         from .preview import write_preview
 
-        write_preview(args.preview, vol.raw, vol.labels, voxel_size=tuple(args.voxel_size), title=f"{args.out} seed {args.seed}")
+        title = f"{args.out} seed {args.seed}"
+        write_preview(args.preview, vol.raw, vol.labels, voxel_size=tuple(args.voxel_size), title=title)
     if not args.quiet:
         summary = {
             "out": args.out,

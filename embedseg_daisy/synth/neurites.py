@@ -89,7 +89,11 @@ class Scene:
 
     def add_mito(self, obj, pts, r) -> None:
         self.mito_chunks.append(
-            dict(pts=np.asarray(pts, dtype=np.float64), r=np.asarray(r, dtype=np.float64), obj=np.full(len(pts), obj, np.int32))
+            dict(
+                pts=np.asarray(pts, dtype=np.float64),
+                r=np.asarray(r, dtype=np.float64),
+                obj=np.full(len(pts), obj, np.int32),
+            )
         )
 
     # ---------------------------------------------------------------- export
@@ -133,7 +137,7 @@ class Scene:
 # ======================================================================= helpers
 
 
-def _scale(world_shape, section_px) -> float:
+def reference_scale(world_shape, section_px) -> float:
     """Canvas volume relative to the 64 x 512 x 512 reference (in-plane cropped)."""
     z, y, x = REFERENCE_SHAPE
     ref = z * section_px * y * x
@@ -189,7 +193,7 @@ class NeuropilBuilder:
         self.scene = scene
         self.p = params
         self.occ = Occupancy(scene.world_shape, params.occupancy_cell_px, params.core_fraction)
-        self.scale = _scale(scene.world_shape, scene.section_px)
+        self.scale = reference_scale(scene.world_shape, scene.section_px)
         n_dom = max(2, int(rng.poisson(params.flow_domains_per_ref * self.scale)))
         self.flow = FlowField(rng, scene.hi, n_dom, params.orientation_classes)
 
@@ -496,7 +500,8 @@ class NeuropilBuilder:
             if rng.random() < p.free_axon_fraction:
                 d0 = random_direction(rng, p.orientation_classes)
                 tube = self._tube(
-                    r0, d0, corr=rng.uniform(40.0, 120.0), wander=rng.uniform(0.15, 0.45), anchor=anchor, boutons=boutons
+                    r0, d0, corr=rng.uniform(40.0, 120.0), wander=rng.uniform(0.15, 0.45), anchor=anchor,
+                    boutons=boutons,
                 )
             else:
                 d0 = self.flow.direction_at(anchor, random_direction(rng, p.orientation_classes))

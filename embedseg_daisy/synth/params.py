@@ -7,7 +7,7 @@ thick.  Section ``s`` covers world z in ``[s * section_px, (s + 1) * section_px)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: Reference volume for scaling object counts: 64 x 512 x 512 voxels at 29/12/12 nm.
 REFERENCE_SHAPE = (64, 512, 512)
@@ -61,12 +61,16 @@ class SynthParams:
     self_contact_factor: float = 1.5
     membrane_width: int = 2  # 1: one side of each interface, 2: both sides
     #: growth into free space: pad = clip(grow_fraction * r + grow_add, 1, grow_max)
-    grow_fraction: float = 0.4
+    grow_fraction: float = 0.5
     grow_add_px: float = 1.0
-    grow_max_px: float = 6.0
+    grow_max_px: float = 8.0
     #: 6-connected pieces smaller than this (voxels) become membrane / boundary
     min_piece_voxels: int = 40
     min_final_piece_voxels: int = 20
+
+    #: strength of the grey band an oblique membrane leaves in neighbouring
+    #: sections' images (0: membranes only exactly on label-0 voxels)
+    oblique_ghost: float = 0.3
 
     # --- glia ------------------------------------------------------------------------
     glia_downsample: int = 2
@@ -80,8 +84,6 @@ class SynthParams:
     # --- defects ---------------------------------------------------------------------
     slip_shift_px: tuple[int, int] = (4, 10)  # |shift| range per slipped section
     step_shift_px: tuple[int, int] = (3, 7)
-
-    extra: dict = field(default_factory=dict)
 
 
 DEFAULT_PARAMS = SynthParams()

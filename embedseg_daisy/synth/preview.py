@@ -23,7 +23,9 @@ def _reslice(vol: np.ndarray, y: int, stretch: float) -> np.ndarray:
     return xz[rep]
 
 
-def write_preview(path, raw: np.ndarray, labels: np.ndarray, *, sections=None, voxel_size=(29, 12, 12), title=None, crop=None) -> None:
+def write_preview(
+    path, raw: np.ndarray, labels: np.ndarray, *, sections=None, voxel_size=(29, 12, 12), title=None, crop=None
+) -> None:
     """Write the montage to ``path``.  ``sections``: z indices (default: four
     spread over the volume); ``crop``: optional (y0, y1, x0, x1) in-plane window."""
     import matplotlib
@@ -48,21 +50,21 @@ def write_preview(path, raw: np.ndarray, labels: np.ndarray, *, sections=None, v
         ax = fig.add_subplot(gs[i, 0])
         ax.imshow(raw[z, y0:y1, x0:x1], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_axis_off()
-        ax.set_title(f"raw z={z}", fontsize=8, pad=2)
+        head = f"{title}\n" if (title and i == 0) else ""
+        ax.set_title(f"{head}raw z={z}", fontsize=8, pad=2)
         ax = fig.add_subplot(gs[i, 1])
         ax.imshow(label_colors(labels[z, y0:y1, x0:x1]), interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(f"labels z={z}", fontsize=8, pad=2)
     yc = (y0 + y1) // 2
     ax = fig.add_subplot(gs[n, 0])
-    ax.imshow(_reslice(raw, yc, stretch)[:, x0:x1], cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
+    xz = _reslice(raw, yc, stretch)[:, x0:x1]
+    ax.imshow(xz, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
     ax.set_title(f"raw xz reslice y={yc} (z stretched x{stretch:.2f})", fontsize=8, pad=2)
     ax = fig.add_subplot(gs[n, 1])
     ax.imshow(label_colors(_reslice(labels, yc, stretch))[:, x0:x1], interpolation="nearest", aspect="auto")
     ax.set_axis_off()
     ax.set_title("labels xz reslice", fontsize=8, pad=2)
-    if title:
-        fig.suptitle(title, fontsize=9)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -143,26 +143,27 @@ def membranes(part, part_obj, part_branch, part_t, part_r, br_parent, br_base, t
     the voxel with the lower coordinate.
     """
     Z, Y, X = part.shape
+    po, pb, pt, pr = part_obj, part_branch, part_t, part_r
     for z in range(Z):
         for y in range(Y):
             for x in range(X):
                 a = part[z, y, x]
                 if x + 1 < X:
                     b = part[z, y, x + 1]
-                    if a != b and not _continuous(a, b, part_obj, part_branch, part_t, part_r, br_parent, br_base, thr_min, thr_fac):
+                    if a != b and not _continuous(a, b, po, pb, pt, pr, br_parent, br_base, thr_min, thr_fac):
                         out[z, y, x] = 1
                         if width > 1:
                             out[z, y, x + 1] = 1
                 if y + 1 < Y:
                     b = part[z, y + 1, x]
-                    if a != b and not _continuous(a, b, part_obj, part_branch, part_t, part_r, br_parent, br_base, thr_min, thr_fac):
+                    if a != b and not _continuous(a, b, po, pb, pt, pr, br_parent, br_base, thr_min, thr_fac):
                         out[z, y, x] = 1
                         if width > 1:
                             out[z, y + 1, x] = 1
                 if z + 1 < Z:
                     b = part[z + 1, y, x]
-                    if a != b and a >= 0 and b >= 0 and part_obj[a] == part_obj[b]:
-                        if not _continuous(a, b, part_obj, part_branch, part_t, part_r, br_parent, br_base, thr_min, thr_fac):
+                    if a != b and a >= 0 and b >= 0 and po[a] == po[b]:
+                        if not _continuous(a, b, po, pb, pt, pr, br_parent, br_base, thr_min, thr_fac):
                             out[z, y, x] = 1
                             out[z + 1, y, x] = 1
 
@@ -209,3 +210,36 @@ def absorb(part, todo, iterations):
                 if todo[z, y, x]:
                     left += 1
     return left
+
+
+@numba.njit(cache=True, nogil=True)
+def synapses(part, boundary, part_post, part_ves, out):
+    """Mark postsynaptic densities: boundary voxels of a postsynaptic part
+    (``part_post`` true: dendrites, spines) that face a vesicle-filled part
+    (``part_ves`` > 0.3) across at most 3 in-plane pixels."""
+    Z, Y, X = part.shape
+    for z in range(Z):
+        for y in range(Y):
+            for x in range(X):
+                if boundary[z, y, x] == 0:
+                    continue
+                a = part[z, y, x]
+                if a < 0 or not part_post[a]:
+                    continue
+                found = False
+                for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+                    for k in range(1, 4):
+                        yy = y + k * dy
+                        xx = x + k * dx
+                        if yy < 0 or yy >= Y or xx < 0 or xx >= X:
+                            break
+                        b = part[z, yy, xx]
+                        if b >= 0 and part_ves[b] > 0.3:
+                            found = True
+                            break
+                        if boundary[z, yy, xx] == 0:
+                            break
+                    if found:
+                        break
+                if found:
+                    out[z, y, x] = 1

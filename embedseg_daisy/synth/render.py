@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy.ndimage import binary_erosion, gaussian_filter
+from scipy.ndimage import binary_dilation, binary_erosion, gaussian_filter
 
 from .neurites import KIND_AXON, KIND_DENDRITE, KIND_GLIA
 
@@ -74,9 +74,17 @@ def render(
     part_ves: np.ndarray,
     obj_kind: np.ndarray,
     *,
+    psd: np.ndarray | None = None,
+    oblique_ghost: float = 0.3,
     chunk: int = 8,
 ) -> np.ndarray:
-    """Raw uint8 image (same shape as ``part``)."""
+    """Raw uint8 image (same shape as ``part``).
+
+    ``psd``: postsynaptic density voxels (drawn thick and dark).
+    ``oblique_ghost``: a section is a projection through 29 nm, so a membrane
+    that moves between sections shows as a grey band; the neighbouring
+    sections' membranes are drawn with this relative strength.
+    """
     Z, Y, X = part.shape
     base, dots = object_appearance(rng, obj_kind)
     ring = _ring_kernel()
@@ -111,10 +119,28 @@ def render(
             cristae = 0.07 * gaussian_filter(rng.standard_normal(p.shape, dtype=np.float32), (0, 0.8, 0.8)) * 3.0
             img = np.where(m, 0.55 * img + cristae, img)
             img = np.where(m & ~inner, 0.30, img)
-        # membranes exactly on the label-0 boundaries
-        b = boundary[z0:z1].astype(bool)
+        # postsynaptic densities: dark thickening on the dendrite side
+        if psd is not None:
+            d = psd[z0:z1].astype(bool)
+            if d.any():
+                d = binary_dilation(d, structure=np.ones((1, 3, 3), bool)) & (obj_kind[obj] == KIND_DENDRITE)
+                img = np.where(d, 0.55 * img, img)
+        # membranes exactly on the label-0 boundaries, plus the faint bands of
+        # membranes that move between sections (projection through the slab)
+        b = boundary[z0:z1].astype(np.float32)
+        if oblique_ghost > 0 and Z > 1:
+            lo, hi = max(z0 - 1, 0), min(z1 + 1, Z)
+            nb = boundary[lo:hi].astype(np.float32)
+            ghost = np.zeros_like(b)
+            for k in range(z1 - z0):
+                zi = z0 + k - lo
+                if zi - 1 >= 0:
+                    ghost[k] = np.maximum(ghost[k], nb[zi - 1])
+                if zi + 1 < nb.shape[0]:
+                    ghost[k] = np.maximum(ghost[k], nb[zi + 1])
+            b = np.maximum(b, oblique_ghost * ghost)
         mem = membrane_level[z0:z1, None, None] + 0.05 * rng.standard_normal(p.shape, dtype=np.float32)
-        img = np.where(b, mem, img).astype(np.float32)
+        img = ((1.0 - b) * img + b * mem).astype(np.float32)
         for k in range(z1 - z0):
             img[k] = gaussian_filter(img[k], blur[z0 + k])
         # slow illumination gradient, section gain / offset, noise

@@ -11,9 +11,9 @@ import numpy as np
 from .components import small_pieces, split_disconnected
 from .defects import blank_missing, cut_sections, plan_defects
 from .glia import fill_glia
-from .neurites import KIND_AXON, KIND_DENDRITE, KIND_GLIA, _scale, build_scene
+from .neurites import KIND_AXON, KIND_DENDRITE, KIND_GLIA, build_scene, reference_scale
 from .params import DEFAULT_PARAMS, SynthParams
-from .rasterize import membranes, raster_balls, raster_mito
+from .rasterize import membranes, raster_balls, raster_mito, synapses
 from .render import render
 from .touches import find_self_contact, window_slices
 
@@ -54,7 +54,15 @@ def generate_volume(
     draw from separate generators spawned from the seed, so turning defects on
     or off changes nothing else (except that steps move labels).
     ``voxel_size`` (nm, z, y, x) sets the section thickness relative to the
-    in-plane pixel; y and x must be equal.
+    in-plane pixel; y and x must be equal.  Calibres and lengths in ``params``
+    are in in-plane pixels and are meant for 12 nm pixels.
+
+    ``self_touches``: objects verified to touch themselves (two local pieces of
+    one id separated only by label 0, at most ``params.touch_max_gap`` voxels,
+    inside a ``params.touch_window_half`` window around ``contact_zyx``, which is
+    a label-0 voxel between them).  ``timings`` (if given) receives seconds per
+    stage; ``debug`` (if given) receives internals (``origin``: source object of
+    every final id, ``kinds``, ``scene``).
     """
     t_start = time.perf_counter()
     p = params or DEFAULT_PARAMS
@@ -99,7 +107,7 @@ def generate_volume(
     lap("rasterize")
 
     # 3. glia fill the rest
-    n_glia = max(1, int(rng["glia"].poisson(p.glia_per_ref * _scale(scene.world_shape, section_px))))
+    n_glia = max(1, int(rng["glia"].poisson(p.glia_per_ref * reference_scale(scene.world_shape, section_px))))
     glia_obj = np.array([scene.new_object(KIND_GLIA) for _ in range(n_glia)], dtype=np.int32)
     glia_branch = np.arange(len(scene.branch_obj), len(scene.branch_obj) + n_glia, dtype=np.int32)
     scene.branch_obj.extend(glia_obj.tolist())
@@ -139,7 +147,12 @@ def generate_volume(
 
     # 5. EM appearance
     obj_kind = np.asarray(scene.obj_kind, dtype=np.int32)
-    raw_canvas = render(rng["render"], part, boundary, mito, part_obj, part_ves, obj_kind)
+    psd = np.zeros(part.shape, dtype=np.uint8)
+    synapses(part, boundary, obj_kind[part_obj] == KIND_DENDRITE, part_ves, psd)
+    raw_canvas = render(
+        rng["render"], part, boundary, mito, part_obj, part_ves, obj_kind, psd=psd, oblique_ghost=p.oblique_ghost
+    )
+    del psd
     del part, mito
     lap("render")
 

@@ -75,7 +75,9 @@ def _as_unit_float(raw: np.ndarray, name: str) -> np.ndarray:
     raise InputError(f"{name}: raw dtype {raw.dtype} is not supported (uint8 or float in [0, 1])")
 
 
-def open_volume(path: str | Path, raw: str = "raw", labels: str = "labels", myelin: str | None = None) -> TrainingVolume:
+def open_volume(
+    path: str | Path, raw: str = "raw", labels: str = "labels", myelin: str | None = None
+) -> TrainingVolume:
     """Read a training volume from a zarr container through funlib.persistence."""
     from funlib.persistence import open_ds
 

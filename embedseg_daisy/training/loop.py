@@ -145,8 +145,7 @@ def train(
     total_steps = int(steps if steps is not None else cfg.steps)
     dev = resolve_device(device or cfg.device)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    latest_path, model_path, best_path = out_dir / LATEST, out_dir / MODEL, out_dir / BEST
+    latest_path = out_dir / LATEST
     if latest_path.exists() and not resume:
         raise ConfigError(
             f"{out_dir} already holds a training run ({LATEST}); pass --resume to continue it "
@@ -184,6 +183,7 @@ def _train(cfg: TrainConfig, resume: bool, total_steps: int, dev: torch.device, 
             background_kernel=cfg.loss.background_kernel, split_parts=cfg.loss.split_parts,
         )
         val_batches = val_sampler.fixed_batches(cfg.val_patches, cfg.batch_size, seed=cfg.seed + 1)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the data opened fine
 
     # ---- model, optimiser, precision
     model = build_model(spec).to(dev)
@@ -366,7 +366,8 @@ def _train(cfg: TrainConfig, resume: bool, total_steps: int, dev: torch.device, 
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
         log.line(f"exported {src.name} to {dst}", console=True)
-    log.line(f"done at step {step}: {_fmt(last_terms)}" + (f", best val {best_val:.4g}" if best_val is not None else ""), console=True)
+    best_txt = f", best val {best_val:.4g}" if best_val is not None else ""
+    log.line(f"done at step {step}: {_fmt(last_terms)}{best_txt}", console=True)
     return TrainResult(
         step=step,
         out_dir=out_dir,
