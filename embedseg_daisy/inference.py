@@ -56,11 +56,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import torch
 
 from embedseg_daisy.blending import Box, Lattice, Patch, Vec3, context, get_lattice
-from embedseg_daisy.metric_graph import DELTA_D, metric_affinities
+from embedseg_daisy.metric_graph import DELTA_D, metric_affinities, metric_affinities_numba
 
 ReadRaw = Callable[..., np.ndarray]
 
@@ -295,18 +296,30 @@ class _Blender:
     The weight of patch ``(iz, iy, ix)`` for channel ``c`` is the product of three 1-D
     float32 vectors taken from the lattice's global tables, so it does not depend on the
     box; it is applied as ``((y * wz) * wy) * wx`` and added with a separate ``add``
-    (never a fused multiply-add), so every element rounds the same way in any layout."""
+    (never a fused multiply-add), so every element rounds the same way in any layout.
+    With ``numba`` (CPU) a single-threaded numba kernel does this (no OpenMP
+    synchronisation per operation); otherwise (CUDA) torch operations."""
 
     def __init__(
-        self, lattice: Lattice, rel_box: Box, shifts: list[Vec3], partner_in_crop: bool, device, with_background: bool
+        self,
+        lattice: Lattice,
+        rel_box: Box,
+        shifts: list[Vec3],
+        partner_in_crop: bool,
+        device,
+        with_background: bool,
+        numba: bool,
     ):
         self.lattice = lattice
         self.rel_box = rel_box
         self.out_shape = lattice.output_patch
+        self.numba = numba
         box_shape = tuple(e - b for b, e in zip(*rel_box))
         self.affs = torch.zeros((len(shifts),) + box_shape, dtype=torch.float32, device=device)
         self.background = torch.zeros(box_shape, dtype=torch.float32, device=device) if with_background else None
         self.first = []  # first touching origin index per axis
+        self.aff_np: list[np.ndarray] = []  # per axis (n_a, K, O_a) float32
+        self.mask_np: list[np.ndarray] = []  # per axis (n_a, 1, O_a) float32
         self.aff_w: list[torch.Tensor] = []  # per axis (n_a, K, ...) broadcastable over (K, Oz, Oy, Ox)
         self.mask_w: list[torch.Tensor] = []  # per axis (n_a, ...) broadcastable over (Oz, Oy, Ox)
         for a in range(3):
@@ -314,18 +327,31 @@ class _Blender:
             self.first.append(r.start)
             rows = slice(r.start, r.stop)
             table = np.stack([lattice.axis_weights(a, s[a], partner_in_crop)[rows] for s in shifts], axis=1)
-            mask = lattice.axis_weights(a, 0, partner_in_crop)[rows]
-            view = [1, 1, 1]
-            view[a] = self.out_shape[a]
-            self.aff_w.append(_to_device(table.reshape((len(r), len(shifts)) + tuple(view)), device))
-            self.mask_w.append(_to_device(mask.reshape((len(r),) + tuple(view)), device))
+            mask = lattice.axis_weights(a, 0, partner_in_crop)[rows][:, None, :]
+            self.aff_np.append(np.ascontiguousarray(table, dtype=np.float32))
+            self.mask_np.append(np.ascontiguousarray(mask, dtype=np.float32))
+            if not self.numba:
+                view = [1, 1, 1]
+                view[a] = self.out_shape[a]
+                self.aff_w.append(_to_device(self.aff_np[a].reshape((len(r), len(shifts)) + tuple(view)), device))
+                self.mask_w.append(_to_device(self.mask_np[a].reshape((len(r),) + tuple(view)), device))
         self._contrib: torch.Tensor | None = None
 
     def add(self, patch: Patch, affs: torch.Tensor, background: torch.Tensor | None) -> None:
         """Add one patch's crop-sized outputs (``(K, *O)`` and ``(*O)``) in place."""
         p_sl, b_sl = _overlap(patch, self.out_shape, self.rel_box)
-        n = tuple(s.stop - s.start for s in p_sl)
         i = [patch.index[a] - self.first[a] for a in range(3)]
+        if self.numba:
+            p0 = np.array([s.start for s in p_sl], np.int64)
+            b0 = np.array([s.start for s in b_sl], np.int64)
+            n = np.array([s.stop - s.start for s in p_sl], np.int64)
+            w = [self.aff_np[a][i[a]] for a in range(3)]
+            _blend_kernel(self.affs.numpy(), affs.numpy(), w[0], w[1], w[2], p0, b0, n)
+            if background is not None and self.background is not None:
+                w = [self.mask_np[a][i[a]] for a in range(3)]
+                _blend_kernel(self.background.numpy()[None], background.numpy()[None], w[0], w[1], w[2], p0, b0, n)
+            return
+        n = tuple(s.stop - s.start for s in p_sl)
         if self._contrib is None:  # scratch reused by every patch
             shape = (self.affs.shape[0],) + tuple(self.out_shape)
             self._contrib = torch.empty(shape, dtype=torch.float32, device=self.affs.device)
@@ -340,6 +366,24 @@ class _Blender:
             torch.mul(background[p_sl], wz[p_sl[0]], out=contrib)
             contrib.mul_(wy[:, p_sl[1]]).mul_(wx[:, :, p_sl[2]])
             self.background[b_sl].add_(contrib)
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _blend_kernel(acc, y, wz, wy, wx, p0, b0, n):  # pragma: no cover - compiled
+    """``acc[c, b0 + q] += ((y[c, p0 + q] * wz[c, .]) * wy[c, .]) * wx[c, .]`` over the
+    overlap ``q < n``: the same rounding as the torch path (no fused multiply-add)."""
+    for c in range(y.shape[0]):
+        for z in range(n[0]):
+            fz = wz[c, p0[0] + z]
+            for yy in range(n[1]):
+                fy = wy[c, p0[1] + yy]
+                src = y[c, p0[0] + z, p0[1] + yy]
+                dst = acc[c, b0[0] + z, b0[1] + yy]
+                for x in range(n[2]):
+                    t = src[p0[2] + x] * fz
+                    t = t * fy
+                    t = t * wx[c, p0[2] + x]
+                    dst[b0[2] + x] += t
 
 
 def _to_device(table: np.ndarray, device) -> torch.Tensor:
@@ -364,11 +408,16 @@ def _run(
     amp,
     return_embeddings,
     profile,
+    numba_kernels,
 ) -> BoxPrediction:
     total_t0 = time.perf_counter()
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if numba_kernels is None:
+        numba_kernels = device.type == "cpu"
+    if numba_kernels and device.type != "cpu":
+        raise ValueError("numba_kernels needs device='cpu'")
     offsets = [tuple(int(v) for v in o) for o in offsets]
     if not offsets:
         raise ValueError("need at least one offset")
@@ -389,7 +438,9 @@ def _run(
         amp = device.type == "cuda"
     _check_model_device(model, device)
     timer = _Timer(profile, device)
-    blender = _Blender(lattice, rel_box, offsets, partner_in_crop, device, with_background=kind == "embedding")
+    blender = _Blender(
+        lattice, rel_box, offsets, partner_in_crop, device, with_background=kind == "embedding", numba=numba_kernels
+    )
     box_shape = tuple(e - b for b, e in zip(*rel_box))
     emb_out: torch.Tensor | None = None
     emb_buf = scratch = aff_buf = bg_buf = None  # per-call buffers, allocated at the first patch
@@ -409,7 +460,11 @@ def _run(
                             bg_buf = torch.empty(out_shape, dtype=torch.float32, device=device)
                         # a contiguous copy: identical layout for every patch and batch slot
                         emb = emb_buf.copy_(crop)
-                        affs, _ = metric_affinities(emb, offsets, delta_d, out=aff_buf, scratch=scratch)
+                        if numba_kernels:
+                            metric_affinities_numba(emb.numpy(), offsets, delta_d, out=aff_buf.numpy())
+                            affs = aff_buf
+                        else:
+                            affs, _ = metric_affinities(emb, offsets, delta_d, out=aff_buf, scratch=scratch)
                         bg = torch.sigmoid(_crop(out.mask_logit[j, 0], ctx, out_shape, in_shape).float(), out=bg_buf)
                     with timer("blend"):
                         blender.add(patch, affs, bg)
@@ -475,6 +530,7 @@ def predict_box(
     amp: bool | None = None,
     return_embeddings: bool = False,
     profile: dict[str, float] | None = None,
+    numba_kernels: bool | None = None,
 ) -> BoxPrediction:
     """Blended metric-graph affinities and background probability for ``box``.
 
@@ -487,6 +543,9 @@ def predict_box(
     crop.  ``amp``: float16 autocast for the network forward (outputs are upcast to
     float32 before Eq. 6); default on for CUDA, off on CPU.  ``profile``: a dict that
     receives seconds per phase (read, forward, affinity, blend, to_host, total).
+    ``numba_kernels``: per-patch work (Eq. 6, blending) in single-threaded numba
+    kernels; default on for CPU (robust to busy cores), must be off on CUDA; off on
+    CPU runs the torch operations of the CUDA path.
 
     Returns a :class:`BoxPrediction` with ``affinities`` ``(K, *box_shape)`` float32,
     ``background`` ``(*box_shape)`` float32 and, with ``return_embeddings``,
@@ -496,6 +555,7 @@ def predict_box(
         "embedding", model, read_raw, box, volume_shape, offsets,
         output_patch=output_patch, input_patch=input_patch, batch_size=batch_size, device=device,
         delta_d=delta_d, stride=stride, amp=amp, return_embeddings=return_embeddings, profile=profile,
+        numba_kernels=numba_kernels,
     )
 
 
@@ -513,6 +573,7 @@ def predict_box_affinity(
     stride: Sequence[int] | None = None,
     amp: bool | None = None,
     profile: dict[str, float] | None = None,
+    numba_kernels: bool | None = None,
     delta_d: float | None = None,
 ) -> BoxPrediction:
     """Baseline affinity net: blended ``sigmoid(model(x).logits)`` for ``box``.
@@ -520,7 +581,8 @@ def predict_box_affinity(
     ``offsets`` are the net's output channels in order (default: ``model.spec.offsets``
     when the model carries a spec).  Each patch contributes every edge of its crop whose
     partner is inside the volume (the net sees the context); edges leaving the volume
-    are 0.  ``delta_d`` is ignored (accepted for a uniform call).  Returns a
+    are 0.  ``delta_d`` is ignored (accepted for a uniform call); the other keywords are
+    those of :func:`predict_box`.  Returns a
     :class:`BoxPrediction` with ``affinities`` ``(K, *box_shape)`` float32 and
     ``background = None``.
     """
@@ -533,4 +595,5 @@ def predict_box_affinity(
         "affinity", model, read_raw, box, volume_shape, offsets,
         output_patch=output_patch, input_patch=input_patch, batch_size=batch_size, device=device,
         delta_d=DELTA_D, stride=stride, amp=amp, return_embeddings=False, profile=profile,
+        numba_kernels=numba_kernels,
     )

@@ -147,12 +147,16 @@ def assert_invariant(whole: BoxPrediction, blocks: BoxPrediction) -> None:
 
 
 # ------------------------------------------------------------------------- tests
-def test_block_size_invariance_embedding_net():
+@pytest.mark.parametrize("numba_kernels", [True, False], ids=["numba", "torch-ops"])
+def test_block_size_invariance_embedding_net(numba_kernels):
     shape = (12, 40, 40)
     raw = random_raw(shape)
     net = ConvEmbeddingNet().eval()
     read = array_reader(raw)
-    kw = dict(model=net, read_raw=read, volume_shape=shape, offsets=PAPER_OFFSETS, return_embeddings=True, **SMALL)
+    kw = dict(
+        model=net, read_raw=read, volume_shape=shape, offsets=PAPER_OFFSETS, return_embeddings=True,
+        numba_kernels=numba_kernels, **SMALL,
+    )
     whole = predict_box(box=((0, 0, 0), shape), **kw)
     assert whole.affinities.shape == (12,) + shape and whole.affinities.dtype == np.float32
     assert whole.background.shape == shape and whole.background.dtype == np.float32
@@ -228,13 +232,14 @@ def dense_reference(net, raw, offsets, out_shape, in_shape, *, partner_in_crop=T
     return affs, bg
 
 
-def test_embedding_net_matches_dense_reference():
+@pytest.mark.parametrize("numba_kernels", [True, False], ids=["numba", "torch-ops"])
+def test_embedding_net_matches_dense_reference(numba_kernels):
     shape = (7, 21, 19)
     out_shape, in_shape = (4, 12, 12), (6, 18, 18)
     raw = random_raw(shape, seed=5)
     net = ConvEmbeddingNet(dim=6, width=4, scale=0.4).eval()
     ref_affs, ref_bg = dense_reference(net, raw, PAPER_OFFSETS, out_shape, in_shape)
-    geo = dict(output_patch=out_shape, input_patch=in_shape)
+    geo = dict(output_patch=out_shape, input_patch=in_shape, numba_kernels=numba_kernels)
     got = predict_box(net, array_reader(raw), ((0, 0, 0), shape), shape, PAPER_OFFSETS, **geo)
     assert 0.05 < got.affinities.mean() < 0.95
     np.testing.assert_allclose(got.affinities, ref_affs, rtol=0, atol=2e-6)
@@ -244,7 +249,8 @@ def test_embedding_net_matches_dense_reference():
     assert np.array_equal(part.affinities, got.affinities[:, 2:5, 5:17, 3:16])
 
 
-def test_affinity_net_matches_dense_reference_and_is_block_invariant():
+@pytest.mark.parametrize("numba_kernels", [True, False], ids=["numba", "torch-ops"])
+def test_affinity_net_matches_dense_reference_and_is_block_invariant(numba_kernels):
     shape = (7, 21, 19)
     out_shape, in_shape = (4, 12, 12), (6, 18, 18)
     offsets = [(0, 0, -1), (0, -1, 0), (-1, 0, 0), (0, 0, -8), (-3, 0, 0), (0, 2, 0)]
@@ -253,7 +259,7 @@ def test_affinity_net_matches_dense_reference_and_is_block_invariant():
     ref_affs, _ = dense_reference(net, raw, offsets, out_shape, in_shape, partner_in_crop=False)
     kw = dict(
         model=net, read_raw=array_reader(raw), volume_shape=shape, offsets=offsets,
-        output_patch=out_shape, input_patch=in_shape,
+        output_patch=out_shape, input_patch=in_shape, numba_kernels=numba_kernels,
     )
     whole = predict_box_affinity(box=((0, 0, 0), shape), **kw)
     assert whole.background is None
@@ -375,6 +381,19 @@ def test_embeddings_come_from_nearest_patch_unblended():
         src = tuple(slice(lo - o, hi - o) for lo, hi, o in zip(b, e, p.origin))
         dst = tuple(slice(lo, hi) for lo, hi in zip(b, e))
         np.testing.assert_allclose(pred.embeddings[(slice(None),) + dst], emb[(slice(None),) + src], rtol=0, atol=1e-6)
+
+
+def test_numba_and_torch_paths_agree():
+    shape = (12, 40, 40)
+    net = ConvEmbeddingNet(dim=8, width=4).eval()
+    kw = dict(read_raw=array_reader(random_raw(shape, seed=11)), box=((0, 0, 0), shape), volume_shape=shape,
+              offsets=PAPER_OFFSETS, **SMALL)
+    a = predict_box(net, numba_kernels=True, **kw)
+    b = predict_box(net, numba_kernels=False, **kw)
+    np.testing.assert_allclose(a.affinities, b.affinities, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.background, b.background, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="numba"):
+        predict_box(net, numba_kernels=True, **{**kw, "device": "meta"})
 
 
 def test_quantize_u8():

@@ -11,6 +11,7 @@ from embedseg_daisy.metric_graph import (
     edge_slices,
     metric_affinities,
     metric_affinities_np,
+    metric_affinities_numba,
     valid_edge_mask,
 )
 from embedseg_daisy.offsets import PAPER_ATTRACTIVE, PAPER_REPULSIVE
@@ -46,6 +47,7 @@ def test_equal_embeddings_give_one():
 def test_far_embeddings_give_zero(dist):
     affs, valid = metric_affinities(torch.from_numpy(_pair_embedding(dist)), [(0, 0, -1)])
     assert valid[0, 0, 0, 1] and affs[0, 0, 0, 1] == 0.0
+    assert metric_affinities_numba(_pair_embedding(dist).astype(np.float32), [(0, 0, -1)])[0, 0, 0, 1] == 0.0
 
 
 @pytest.mark.parametrize("dist", [0.0, 0.3, 1.0, 1.5, 2.2, 2.999])
@@ -57,6 +59,8 @@ def test_formula_at_intermediate_distances(dist, delta_d):
     assert float(affs[0, 0, 0, 1]) == pytest.approx(want, abs=1e-12)
     affs_np, _ = metric_affinities_np(emb, [(0, 0, -1)], delta_d)
     assert affs_np[0, 0, 0, 1] == pytest.approx(want, abs=1e-12)
+    affs_nb = metric_affinities_numba(emb.astype(np.float32), [(0, 0, -1)], delta_d)
+    assert affs_nb[0, 0, 0, 1] == pytest.approx(want, abs=1e-6)
 
 
 def test_offset_direction_pinned():
@@ -71,6 +75,8 @@ def test_offset_direction_pinned():
         zero = torch.nonzero((affs[k] == 0) & valid[k]).tolist()
         expect = sorted([list(q), [q[0] - o[0], q[1] - o[1], q[2] - o[2]]])
         assert sorted(zero) == expect, (o, zero)
+    affs_nb = metric_affinities_numba(emb.float().numpy(), PAPER_OFFSETS)
+    assert np.array_equal(affs_nb, affs.float().numpy())
 
 
 def test_validity_mask_at_borders():
@@ -102,6 +108,9 @@ def test_numpy_twin_and_batched_match():
         affs_np, valid_np = metric_affinities_np(emb[n].numpy(), PAPER_OFFSETS)
         assert np.array_equal(valid_np, valid.numpy())
         np.testing.assert_allclose(affs_np, affs.numpy(), rtol=0, atol=1e-6)
+        affs_nb = metric_affinities_numba(emb[n].numpy(), PAPER_OFFSETS)
+        np.testing.assert_allclose(affs_nb, affs.numpy(), rtol=0, atol=1e-6)
+        assert np.all(affs_nb[~valid_np] == 0)
     # brute force at a few voxels
     e = emb[0].double().numpy()
     for k, o in enumerate(PAPER_OFFSETS):
@@ -189,3 +198,4 @@ def test_oracle_offsets():
     check_oracle_affinities(labels, affs.numpy(), PAPER_OFFSETS)
     affs_np, _ = metric_affinities_np(emb, PAPER_OFFSETS)
     check_oracle_affinities(labels, affs_np, PAPER_OFFSETS)
+    check_oracle_affinities(labels, metric_affinities_numba(emb, PAPER_OFFSETS), PAPER_OFFSETS)

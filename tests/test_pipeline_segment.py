@@ -1,0 +1,107 @@
+"""The segmentation stages through daisy and the store, on oracle affinities.
+
+fragments -> fragment_edges -> agglomerate (hierarchical) -> relabel must reproduce the
+whole-volume Mutex Watershed *exactly* for any block size (segment ids are the raster
+index of a cluster's first voxel, so even the ids agree), and a block re-run after a
+simulated crash must leave every output and every store row unchanged.
+"""
+
+import numpy as np
+import pytest
+
+from embedseg_daisy.config import load_config, results_hash
+from embedseg_daisy.evaluation.metrics import variation_of_information
+from embedseg_daisy.mws import mutex_watershed
+from embedseg_daisy.pipeline.driver import execute
+from embedseg_daisy.stages.fragments import foreground_from_mask
+from embedseg_daisy.store import open_store
+from embedseg_daisy.volumes import claim_output, open_volume
+
+from pipeline_helpers import OFFSETS, make_input, oracle_outputs, segment_config, write_config
+
+SHAPE = (12, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("segment")
+    labels = make_input(tmp / "input.zarr", SHAPE, seed=3)
+    return tmp, labels
+
+
+def run_oracle(tmp, labels, name, block, *, fanout=(2, 2, 2), noise=0.1):
+    data = segment_config(tmp, name, block, agglomerate__fanout=list(fanout))
+    path = write_config(tmp / f"{name}.json", data)
+    cfg = load_config(path)
+    claim_output(cfg.output.container, cfg.name, results_hash(cfg))
+    oracle_outputs(tmp / f"{name}.zarr", labels, noise=noise, block=block)
+    outcome = execute(str(path), cfg, progress=False)
+    assert outcome.ok, outcome.messages
+    return cfg, path
+
+
+def read(cfg, name):
+    vol = open_volume(cfg.output.container, name)
+    return vol.read(vol.roi)
+
+
+@pytest.fixture(scope="module")
+def runs(volume):
+    tmp, labels = volume
+    return {
+        "one": run_oracle(tmp, labels, "one", SHAPE),
+        "small": run_oracle(tmp, labels, "small", (4, 32, 32)),
+        "odd": run_oracle(tmp, labels, "odd", (5, 40, 28), fanout=(2, 3, 2)),
+    }
+
+
+def test_blockwise_equals_whole_volume_mws(volume, runs):
+    tmp, labels = volume
+    cfg, _ = runs["one"]
+    affs = read(cfg, "affinities")
+    fg = foreground_from_mask(read(cfg, "mask"), cfg.segment.theta_mask)
+    attractive = [True] * 3 + [False] * 9
+    expected = mutex_watershed(affs, OFFSETS, attractive, fg)
+    for key in ("one", "small", "odd"):
+        seg = read(runs[key][0], "segmentation")
+        assert np.array_equal(seg, expected), f"{key}: blockwise segmentation differs from the whole-volume MWS"
+
+
+def test_small_blocks_really_split_objects(volume, runs):
+    """The invariance test means something only if objects cross block boundaries."""
+    cfg, _ = runs["small"]
+    frags = read(cfg, "fragments")
+    seg = read(cfg, "segmentation")
+    assert len(np.unique(frags)) > len(np.unique(seg)) + 20
+    store = open_store(cfg)
+    levels = {r["stage"] for r in store.find("stages")}
+    assert {"agglomerate_L1", "agglomerate_L2"} <= levels
+
+
+def test_oracle_segmentation_matches_ground_truth(volume, runs):
+    tmp, labels = volume
+    seg = read(runs["small"][0], "segmentation")
+    vi = variation_of_information(labels, seg)
+    assert vi.split + vi.merge <= 0.05, vi
+
+
+def test_rerun_after_crash_changes_nothing(volume, runs):
+    cfg, path = runs["small"]
+    store = open_store(cfg)
+    before = {c: store.count(c) for c in ("fragments", "fragment_edges", "lookups", "level_edges", "fragment_segments")}
+    seg_before = read(cfg, "segmentation")
+    frag_before = read(cfg, "fragments")
+    # a crash after writing but before marking done: forget some done marks
+    store.reset_blocks("fragments", ["0_0_0", "1_1_0", "2_2_2"])
+    store.reset_blocks("fragment_edges", ["0_1_1"])
+    store.reset_blocks("agglomerate_L1", ["0_0_0"])
+    store.reset_blocks("agglomerate_L2", ["0_0_0"])
+    store.reset_blocks("relabel", ["1_0_1"])
+    outcome = execute(str(path), cfg, progress=False)
+    assert outcome.ok, outcome.messages
+    after = {c: store.count(c) for c in before}
+    assert after == before
+    assert np.array_equal(read(cfg, "fragments"), frag_before)
+    assert np.array_equal(read(cfg, "segmentation"), seg_before)
+    done = store.done_blocks("fragments")
+    assert {"0_0_0", "1_1_0", "2_2_2"} <= done
