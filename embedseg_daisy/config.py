@@ -254,6 +254,14 @@ class RelabelConfig(WorkersConfig):
 class ContactsConfig(WorkersConfig):
     block_shape_vox: PositiveVec3 = Field((32, 256, 256))
     shards: int = Field(4, ge=1, description="segment-pair shards for stitching contacts")
+    gap_vox: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description="segments separated by at most this many background voxels in-plane count as "
+        "touching (a self-contact across a thin membrane is a contact); edges through background "
+        "carry affinity 0 (the foreground-restricted metric graph), so such contacts score S = 0",
+    )
     theta_self_touch: Fraction = Field(0.25, description="candidate if best contact score S > theta")
 
 

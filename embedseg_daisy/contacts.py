@@ -184,7 +184,7 @@ def _find(parent, i):
 
 
 @numba.njit(cache=True)
-def _block_kernel(seg, affs, aff_mult, wb, we, lorigin, vshape, nb_lo, nb_hi, table):
+def _block_kernel(seg, affs, emask, aff_mult, wb, we, lorigin, vshape, nb_lo, nb_hi, table):
     """Pieces, links and face edges of the owned interface edges of one block.
 
     ``seg``/``affs`` cover the write box grown by <= 1 voxel; ``wb``/``we`` is the write
@@ -217,7 +217,7 @@ def _block_kernel(seg, affs, aff_mult, wb, we, lorigin, vshape, nb_lo, nb_hi, ta
                         if x == 0:
                             continue
                         b = seg[z, y, x - 1]
-                    if b == 0 or b == a:
+                    if b == 0 or b == a or not emask[c, z, y, x]:
                         continue
                     if owned_voxel:
                         idx[c, z, y, x] = n_owned
@@ -379,8 +379,14 @@ def block_contacts(
     block_box,
     origin: Sequence[int],
     volume_shape: Sequence[int],
+    edge_mask: np.ndarray | None = None,
 ) -> BlockContacts:
     """Contact pieces, links and face edges of one block.
+
+    ``edge_mask`` (bool, shape of ``affs_nn``), when given, restricts interface edges to
+    those where it is True (edge (c, p) stored at p, like the affinities); contacts are
+    then components of the masked edges only.  Two calls with complementary masks give
+    two disjoint families of contacts with disjoint piece and edge ids.
 
     Args:
         seg: ``(Z, Y, X)`` integer labels (0 = background) covering at least the write
@@ -427,9 +433,15 @@ def block_contacts(
             raise InputError("segment ids must be non-negative")
         seg_c = seg_c.astype(np.uint64)
     affs_c = np.ascontiguousarray(affs_nn[(slice(None), *sl)])
+    if edge_mask is None:
+        emask_c = np.ones(affs_c.shape, np.bool_)
+    else:
+        if edge_mask.shape != affs_nn.shape:
+            raise InputError(f"edge_mask must have shape {affs_nn.shape}, got {edge_mask.shape}")
+        emask_c = np.ascontiguousarray(edge_mask[(slice(None), *sl)], dtype=np.bool_)
     mult = _aff_multiplier(affs_c)
     out = _block_kernel(
-        seg_c, affs_c, mult, b - lo, e - lo, lo, vshape, b > 0, e < vshape, _NEIGHBOURS
+        seg_c, affs_c, emask_c, mult, b - lo, e - lo, lo, vshape, b > 0, e < vshape, _NEIGHBOURS
     )
     (p_id, p_a, p_b, p_size, p_sz, p_sy, p_sx, p_aff,
      l_piece, l_gid, l_a, l_b, f_gid, f_piece, f_a, f_b) = out
@@ -457,6 +469,66 @@ def block_contacts(
     e2p["seg_a"] = f_a
     e2p["seg_b"] = f_b
     return BlockContacts(block_box=(begin, end), pieces=pieces, links=links, edge_to_piece=e2p)
+
+
+def fill_gaps(seg: np.ndarray, affs_nn: np.ndarray, gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Close background gaps of up to ``gap`` voxels in-plane.  Returns the filled labels,
+    the affinities with every edge that touches an originally-background voxel set to 0
+    (the foreground-restricted metric graph), and the mask of those edges.
+
+    The fill is a repeated in-plane max filter applied to background voxels only: local
+    (a block with a margin of ``gap + 1`` computes exactly what the whole volume would)
+    and deterministic (ties go to the larger id)."""
+    from scipy import ndimage
+
+    background = seg == 0
+    filled = seg
+    footprint = np.zeros((1, 3, 3), bool)
+    footprint[0, 1, :] = footprint[0, :, 1] = True
+    for _ in range(gap):
+        grown = ndimage.grey_dilation(filled, footprint=footprint, mode="constant", cval=0)
+        filled = np.where(filled == 0, grown, filled)
+    affs = affs_nn.copy()
+    through = np.zeros(affs_nn.shape, bool)
+    for c, axis in enumerate((0, 1, 2)):
+        # edge (p, p - e_axis) is stored at p: background at either end removes it
+        touch = background.copy()
+        sl_p = [slice(None)] * 3
+        sl_q = [slice(None)] * 3
+        sl_p[axis] = slice(1, None)
+        sl_q[axis] = slice(0, -1)
+        touch[tuple(sl_p)] |= background[tuple(sl_q)]
+        affs[c][touch] = 0
+        through[c] = touch
+    return filled, affs, through
+
+
+def block_contacts_with_gaps(
+    seg: np.ndarray,
+    affs_nn: np.ndarray,
+    block_box,
+    origin: Sequence[int],
+    volume_shape: Sequence[int],
+    gap: int,
+) -> BlockContacts:
+    """Contacts of a block in two families: *direct* contacts (both voxels foreground,
+    scored by their affinities) and *gap* contacts (segments facing each other across
+    at most ``gap`` background voxels in-plane, e.g. a self-contact across a membrane;
+    scored 0, since the foreground-restricted graph has no edge there).  Each family's
+    contacts are components of its own edges, so a self-contact that runs into a false
+    split is two contacts, not one.  The arrays need a margin of ``gap + 1`` in-plane
+    and 1 in z (the fill is local)."""
+    direct = block_contacts(seg, affs_nn, block_box, origin, volume_shape)
+    if gap <= 0:
+        return direct
+    filled, scored, through = fill_gaps(seg, affs_nn, gap)
+    across = block_contacts(filled, scored, block_box, origin, volume_shape, edge_mask=through)
+    return BlockContacts(
+        block_box=direct.block_box,
+        pieces=np.concatenate([direct.pieces, across.pieces]),
+        links=np.concatenate([direct.links, across.links]),
+        edge_to_piece=np.concatenate([direct.edge_to_piece, across.edge_to_piece]),
+    )
 
 
 def _concat(arrays, dtype: np.dtype) -> np.ndarray:
@@ -603,6 +675,7 @@ def find_contacts(
     affs_nn: np.ndarray,
     block_shape: Sequence[int] | None = None,
     margin: int = 1,
+    gap: int = 0,
 ) -> np.ndarray:
     """Contacts of a whole in-memory volume, optionally through the block path.
 
@@ -621,7 +694,15 @@ def find_contacts(
         lo = [max(b - margin, 0) for b in begin]
         hi = [min(e + margin, v) for e, v in zip(end, vshape)]
         sl = tuple(slice(l, h) for l, h in zip(lo, hi))
-        outs.append(block_contacts(seg[sl], affs_nn[(slice(None), *sl)], (begin, end), lo, vshape))
+        if gap:
+            lo = [max(b - m, 0) for b, m in zip(begin, (margin, margin + gap, margin + gap))]
+            hi = [min(e + m, v) for e, v, m in zip(end, vshape, (margin, margin + gap, margin + gap))]
+            sl = tuple(slice(l, h) for l, h in zip(lo, hi))
+            outs.append(
+                block_contacts_with_gaps(seg[sl], affs_nn[(slice(None), *sl)], (begin, end), lo, vshape, gap)
+            )
+        else:
+            outs.append(block_contacts(seg[sl], affs_nn[(slice(None), *sl)], (begin, end), lo, vshape))
     return stitch_contacts(
         [o.pieces for o in outs], [o.links for o in outs], [o.edge_to_piece for o in outs]
     )

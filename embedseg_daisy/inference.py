@@ -18,18 +18,22 @@ on one machine, device and thread count), because
   coordinates, so a patch's net output depends only on the patch (batches always have
   ``batch_size`` samples: the last one is padded with zero inputs; networks must treat
   samples independently: instance norm, no batch norm in training mode);
-* per-patch post-processing (crop, Eq. 6, sigmoid) runs on tensors of one fixed
+* per-patch post-processing (crop, Eq. 6, sigmoid) runs on arrays of one fixed
   shape and layout;
 * blending multiplies each patch output by its *normalised* weight, which comes from
   per-volume 1-D tables (float64, global coordinates; :class:`~embedseg_daisy.blending.Lattice`),
   and adds the products into float32 accumulators **in lattice order** using plain
-  element-wise ``mul`` / ``add`` (no fused multiply-add, whose SIMD body and scalar
+  element-wise multiplies and adds (no fused multiply-add, whose SIMD body and scalar
   tail could round differently), so every voxel sums the same terms in the same
   order whatever the box's size or alignment.
 
-On CUDA the call runs with ``cudnn.deterministic = True`` and ``cudnn.benchmark =
-False`` (restored afterwards) so that every worker picks the same convolution
-algorithms; results may still differ between GPU models or CPU instruction sets.
+On CPU the per-patch work (Eq. 6 and blending) runs in single-threaded numba kernels
+(``numba_kernels``): on 2 shared cores the equivalent torch operations spent most of
+their time in OpenMP synchronisation whenever other processes were busy.  On CUDA it
+is torch operations, and the call runs with ``cudnn.deterministic = True`` and
+``cudnn.benchmark = False`` (restored afterwards) so that every worker picks the same
+convolution algorithms.  Results may differ between CPU and CUDA, GPU models, CPU
+instruction sets or intra-op thread counts: run all blocks of one volume alike.
 
 Raw reading
 -----------

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..store import open_store
+from .faults import fault_point
 from .registry import build_stage
 from .stage import RunContext, worker_identity
 
@@ -88,7 +89,12 @@ def run_worker(config_path: str, stage_id: str, context=None) -> int:
                 "attempt": attempt,
             }
             try:
+                # "running" first: a worker killed mid-block leaves this row, so the
+                # retry's attempt counter goes up and `status` shows where it died
+                store.put("blocks", [{"stage": stage_id, "block": info.key, "status": "running", **record}])
+                fault_point(run.run_dir, stage_id, info.key, "before_write")
                 extra = stage.process(info) or {}
+                fault_point(run.run_dir, stage_id, info.key, "after_write")
                 record.update(duration=time.time() - started, error="", **extra)
                 store.mark_block_done(stage_id, info.key, **record)
                 processed += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from funlib.geometry import Coordinate
 
-from ..contacts import block_contacts, pair_shard
+from ..contacts import block_contacts_with_gaps, pair_shard
 from ..geometry import as_vec3
 from ..pipeline.stage import BlockInfo, RunContext, Stage
 from .common import dataset, grown, stage_prefix
@@ -41,7 +41,8 @@ class Contacts(Stage):
 
     @property
     def context(self):
-        return (1, 1, 1)
+        gap = self.cfg.contacts.gap_vox
+        return (1, gap + 1, gap + 1)
 
     @property
     def segmentation_name(self) -> str:
@@ -60,11 +61,12 @@ class Contacts(Stage):
 
     def process(self, block: BlockInfo):
         vol = self.run.volume_roi
-        read = grown(block.write_roi, (1, 1, 1), vol)
+        gap = self.cfg.contacts.gap_vox
+        read = grown(block.write_roi, (1, gap + 1, gap + 1), vol)
         seg = self.seg.read(read)
         affs = self.affs.read(read)[self.nn_channels]
         origin = Coordinate(read.begin) - Coordinate(vol.begin)
-        result = block_contacts(seg, affs, local_box(block, vol.begin), tuple(origin), tuple(vol.shape))
+        result = block_contacts_with_gaps(seg, affs, local_box(block, vol.begin), tuple(origin), tuple(vol.shape), gap)
         shards = self.cfg.contacts.shards
         name = self.segmentation_name
         p, links, edges = result.pieces, result.links, result.edge_to_piece
