@@ -150,7 +150,11 @@ class InputConfig(Strict):
 
 
 class OutputConfig(Strict):
-    container: str = Field(..., description="zarr container for every output array")
+    container: str = Field(
+        ...,
+        description="zarr container for every output array (moving it does not change results)",
+        json_schema_extra=_RUNTIME,
+    )
 
 
 class OffsetsConfig(Strict):

@@ -73,7 +73,10 @@ class EdgeTable:
         return out.aggregate()
 
     def aggregate(self) -> EdgeTable:
-        """Canonical order (u < v), self-edges dropped, one row per pair (max keys, summed sums)."""
+        """Canonical order (u < v), self-edges dropped, one row per pair (max keys, summed sums).
+
+        Rows come out sorted by (u, v); within a pair, values are combined in their input
+        order (a stable sort), so the float sums do not depend on how the sort is done."""
         u = np.minimum(self.u, self.v)
         v = np.maximum(self.u, self.v)
         keep = u != v
@@ -84,19 +87,39 @@ class EdgeTable:
             attr, rep, s, c = self.attr_key, self.rep_key, self.aff_sum, self.aff_count
         if len(u) == 0:
             return EdgeTable.empty()
-        order = np.lexsort((v, u))
-        u, v, attr, rep, s, c = u[order], v[order], attr[order], rep[order], s[order], c[order]
-        start = np.ones(len(u), bool)
-        start[1:] = (u[1:] != u[:-1]) | (v[1:] != v[:-1])
+        # one int64 key per pair and a stable argsort: the permutation np.lexsort((v, u))
+        # gives, ~30 % faster on a block's voxel edges (benchmarks/segment.py)
+        key = _pair_keys(u, v)
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        start = np.ones(len(key), bool)
+        start[1:] = key[1:] != key[:-1]
         idx = np.flatnonzero(start)
+        first = order[idx]
         return EdgeTable(
-            u=u[idx],
-            v=v[idx],
-            attr_key=np.maximum.reduceat(attr, idx),
-            rep_key=np.maximum.reduceat(rep, idx),
-            aff_sum=np.add.reduceat(s, idx),
-            aff_count=np.add.reduceat(c, idx),
+            u=u[first],
+            v=v[first],
+            attr_key=np.maximum.reduceat(attr[order], idx),
+            rep_key=np.maximum.reduceat(rep[order], idx),
+            aff_sum=np.add.reduceat(s[order], idx),
+            aff_count=np.add.reduceat(c[order], idx),
         )
+
+
+#: largest id span whose pair keys ``(u - lo) * span + (v - lo)`` fit in int64
+_MAX_SPAN = 3_037_000_499
+
+
+def _pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """int64 keys ordered like the pairs ``(u, v)`` (lexicographically), equal iff the
+    pairs are equal.  Ids spanning more than ``_MAX_SPAN`` are ranked first."""
+    lo = int(min(u.min(), v.min()))
+    span = int(max(u.max(), v.max())) - lo + 1
+    if span <= _MAX_SPAN:
+        return (u - lo) * span + (v - lo)
+    uniq, inv = np.unique(np.concatenate([u, v]), return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int64)
+    return inv[: len(u)] * len(uniq) + inv[len(u) :]
 
 
 def map_ids(ids: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:

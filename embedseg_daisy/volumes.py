@@ -109,6 +109,27 @@ def check_input(
         raise InputError(f"{where}: the volume is empty (shape {tuple(volume.array.shape)})")
 
 
+def check_finite(volume: Volume, roi: Roi, *, name: str, slab_voxels: int = 1 << 25) -> None:
+    """Raise :class:`InputError` if a floating-point dataset holds NaN or inf inside
+    ``roi`` (voxels).  Reads ``roi`` once, in z-slabs of about ``slab_voxels`` voxels
+    (bounded memory); integer datasets are skipped."""
+    if volume.dtype.kind != "f":
+        return
+    begin, shape = Coordinate(roi.begin), Coordinate(roi.shape)
+    plane = max(1, int(shape[1]) * int(shape[2]))
+    step = max(1, slab_voxels // plane)
+    for z in range(0, int(shape[0]), step):
+        slab = Roi(begin + Coordinate(z, 0, 0), Coordinate(min(step, int(shape[0]) - z), shape[1], shape[2]))
+        data = volume.read(slab)
+        bad = ~np.isfinite(data)
+        if bad.any():
+            first = tuple(int(v) for v in np.argwhere(bad)[0][-3:] + np.asarray(slab.begin))
+            raise InputError(
+                f"{name} dataset {volume.path}: {int(bad.sum())} NaN or inf value(s) in ROI {slab} "
+                f"(voxels), the first at {first} (z, y, x)"
+            )
+
+
 def prepare_volume(
     container: str,
     dataset: str,
@@ -162,11 +183,14 @@ def claim_output(container: str, run_name: str, results_hash: str, *, force: boo
     if marker.exists():
         held = json.loads(marker.read_text())
         if held.get("run") != run_name or (held.get("results_hash") != results_hash and not force):
+            # --force only lets the same run continue with changed parameters
+            remedy = "Use a different output path" + (
+                ", or --force to continue with changed parameters." if held.get("run") == run_name else "."
+            )
             raise RunConflictError(
                 f"output container {container} already holds run '{held.get('run')}' "
                 f"(results hash {held.get('results_hash')}); this run is '{run_name}' "
-                f"(results hash {results_hash}). Use a different output path, or --force to "
-                "continue with changed parameters."
+                f"(results hash {results_hash}). {remedy}"
             )
     elif root.exists() and any(p.name != "zarr.json" for p in root.iterdir()):
         raise RunConflictError(

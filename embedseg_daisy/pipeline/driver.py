@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig, config_dict, config_hash, results_diff, results_hash
-from ..errors import InputError, RunConflictError
+from ..errors import InputError, RunConflictError, StoreError
 from ..geometry import parse_block_key
 from ..store import Store, open_store
-from ..volumes import check_input, claim_output, open_volume
+from ..volumes import check_finite, check_input, claim_output, open_volume
 from .launchers import WorkerLauncher
 from .progress import ProgressObserver
 from .registry import stages_for
@@ -74,6 +74,8 @@ def validate_inputs(run: RunContext) -> None:
         labels = open_volume(cfg.input.container, cfg.input.labels)
         check_input(labels, name="labels", dtypes=("uint64", "uint32", "int64", "int32"), voxel_size=run.voxel_size)
     stages = set(cfg.selected_stages)
+    if stages & {"predict", "mea", "baseline_predict", "baseline_mea"}:
+        check_finite(raw, run.volume_roi, name="raw")  # float raws only; the nets read raw
     if stages & {"predict", "mea"}:
         _check_checkpoint(cfg.predict.checkpoint, "embedding")
     if stages & {"baseline_predict"}:
@@ -171,7 +173,7 @@ def skip_mask(stage: Stage, store: Store) -> np.ndarray:
     return mask
 
 
-def make_task(stage: Stage, run: RunContext, store: Store):
+def make_task(stage: Stage, run: RunContext, store: Store, mask: np.ndarray | None = None):
     import daisy.v2 as daisy
 
     total, read, write = stage.task_rois()
@@ -195,7 +197,7 @@ def make_task(stage: Stage, run: RunContext, store: Store):
         max_workers=workers.workers,
         max_retries=workers.max_retries,
         timeout=workers.timeout_s,
-        skip_mask=skip_mask(stage, store),
+        skip_mask=skip_mask(stage, store) if mask is None else mask,
     )
     if tuple(task.block_grid_shape) != tuple(stage.grid_shape):
         raise RuntimeError(
@@ -233,17 +235,26 @@ def run_phases(run: RunContext, store: Store, phases: list[list[Stage]], *, prog
     for stages in phases:
         for stage in stages:
             stage.prepare()
-        tasks = {s.stage_id: make_task(s, run, store) for s in stages}
-        pipeline = None
-        by_graph: dict[str, list] = {}
-        for s in stages:
-            by_graph.setdefault(getattr(s, "graph", "mws"), []).append(tasks[s.stage_id])
-        for chain in by_graph.values():
-            part = chain[0]
-            for t in chain[1:]:
-                part = part + t
-            pipeline = part if pipeline is None else pipeline | part
         observer = ProgressObserver(run.run_dir / "progress.jsonl", bars=progress)
+        masks = {s.stage_id: skip_mask(s, store) for s in stages}
+        pipeline = None
+        by_graph: dict[str, list[Stage]] = {}
+        for s in stages:
+            by_graph.setdefault(getattr(s, "graph", "mws"), []).append(s)
+        for chain in by_graph.values():
+            # A resumed run skips the finished head of each chain altogether: daisy would
+            # start (and load models in) workers only to find no block.  A finished stage
+            # after an unfinished one stays, so block dependencies remain transitive.
+            while chain and masks[chain[0].stage_id].all():
+                observer.record_done_before(chain.pop(0))
+            if not chain:
+                continue
+            part = make_task(chain[0], run, store, masks[chain[0].stage_id])
+            for t in chain[1:]:
+                part = part + make_task(t, run, store, masks[t.stage_id])
+            pipeline = part if pipeline is None else pipeline | part
+        if pipeline is None:
+            continue
         states = daisy.run_blockwise(pipeline, progress=observer, return_states=True, summary=progress)
         for task_id, state in states.items():
             if state.completed_count < state.total_block_count:
@@ -251,7 +262,11 @@ def run_phases(run: RunContext, store: Store, phases: list[list[Stage]], *, prog
                 outcome.ok = False
                 outcome.failed[task_id] = missing
                 reason = state.last_worker_error or state.abandon_reason or ""
-                failed_rows = store.find("blocks", {"stage": task_id, "status": "failed"}, fields=["block", "error"])
+                try:
+                    failed_rows = store.find("blocks", {"stage": task_id, "status": "failed"}, fields=["block", "error"])
+                except StoreError as err:  # the store may be what failed: still report daisy's view
+                    failed_rows = []
+                    reason = reason or str(err)
                 detail = "; ".join(f"{r['block']}: {r['error']}" for r in failed_rows[:3])
                 outcome.messages.append(
                     f"{task_id}: {missing} of {state.total_block_count} blocks not done"

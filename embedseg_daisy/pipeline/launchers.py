@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..config import LauncherConfig
+from .faults import ENV as FAULT_ENV
+from .stage import GPU_ID_ENV
 
 
 @contextlib.contextmanager
@@ -65,12 +67,15 @@ def docker_command(
     launcher: LauncherConfig, *, name: str, context_env: str, gpu: str | None, stage_id: str, config_path: str
 ) -> list[str]:
     cmd = ["docker", "run", "--rm", "--name", name, "--network", "host", "-e", "DAISY_CONTEXT"]
-    # credentials travel as environment variable *names*, never values on the command line
-    for var in ("EMBEDSEG_MONGODB_URI",):
+    # credentials travel as environment variable *names*, never values on the command line;
+    # EMBEDSEG_FAULT is the test-only fault injection (pipeline/faults.py)
+    for var in ("EMBEDSEG_MONGODB_URI", FAULT_ENV):
         if var in os.environ:
             cmd += ["-e", var]
     if gpu is not None:
-        cmd += ["--gpus", f"device={gpu}"]
+        # inside the container the leased GPU is device 0; the host id is recorded
+        # with each block (worker_identity) through EMBEDSEG_GPU_ID
+        cmd += ["--gpus", f"device={gpu}", "-e", f"{GPU_ID_ENV}={gpu}"]
     cmd += list(launcher.docker_args)
     cmd += [launcher.image or "", *worker_command(launcher, stage_id, config_path)]
     del context_env  # passed through the environment, see run_launcher

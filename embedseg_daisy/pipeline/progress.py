@@ -43,6 +43,30 @@ class ProgressObserver:
                     + "\n"
                 )
 
+    def record_done_before(self, stage) -> None:
+        """A stage that a resumed run skips altogether (every block done before):
+        one ``finish`` line with every block skipped."""
+        n = int(stage.total_blocks)
+        with open(self.path, "a") as f:
+            f.write(
+                json.dumps(
+                    {
+                        "t": time.time(),
+                        "event": "finish",
+                        "task": stage.stage_id,
+                        "total": n,
+                        "completed": n,
+                        "skipped": n,
+                        "processing": 0,
+                        "failed": 0,
+                        "orphaned": 0,
+                        "restarts": 0,
+                        "done_before": True,
+                    }
+                )
+                + "\n"
+            )
+
     def _update_bars(self, states, final: bool = False) -> None:
         if not self.bars_enabled:
             return

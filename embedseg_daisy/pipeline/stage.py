@@ -153,10 +153,15 @@ class Stage(abc.ABC):
         return f"{self.stage_id}: {self.total_blocks} blocks of {self.block_shape} over {self.write_total_roi}"
 
 
+#: the host's id of the GPU a worker leased, where CUDA_VISIBLE_DEVICES cannot say it
+#: (in a container the leased GPU is device 0)
+GPU_ID_ENV = "EMBEDSEG_GPU_ID"
+
+
 def worker_identity() -> dict[str, Any]:
     import socket
 
     return {
         "host": socket.gethostname(),
-        "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "gpu": os.environ.get(GPU_ID_ENV) or os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }

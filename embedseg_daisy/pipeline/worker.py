@@ -1,8 +1,11 @@
 """The worker loop every stage runs (worker-function mode with a daisy Client).
 
 One process per worker: build the stage from the config, set it up once, then
-acquire blocks until the scheduler has none left.  A block's outputs are written by
-``Stage.process``; only then is the block marked done in the store.  An exception in
+acquire blocks until the scheduler has none left.  A block is recorded as
+``running`` (with its attempt number) when it starts, its outputs are written by
+``Stage.process``, and only then is the block marked done in the store.  A worker
+killed mid-block leaves the ``running`` row behind, so the retry's attempt number
+goes up.  An exception in
 one block is logged, recorded as a failed attempt and reported to daisy (which
 retries the block up to ``max_retries``) without killing the worker.  If the store is
 unreachable when marking a block done, the block fails and is retried: nothing is
@@ -10,6 +13,9 @@ marked done that was not written.
 
 Run by hand or in a container: ``python -m embedseg_daisy.worker --stage NAME CONFIG``
 with ``DAISY_CONTEXT`` set by the scheduler.
+
+Tests inject faults (kill, raise, sleep) at ``before_write`` / ``after_write`` of a
+chosen block through ``EMBEDSEG_FAULT`` (see :mod:`embedseg_daisy.pipeline.faults`).
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ def run_worker(config_path: str, stage_id: str, context=None) -> int:
             }
             try:
                 # "running" first: a worker killed mid-block leaves this row, so the
-                # retry's attempt counter goes up and `status` shows where it died
+                # retry's attempt counter goes up and the store shows where it died
                 store.put("blocks", [{"stage": stage_id, "block": info.key, "status": "running", **record}])
                 fault_point(run.run_dir, stage_id, info.key, "before_write")
                 extra = stage.process(info) or {}

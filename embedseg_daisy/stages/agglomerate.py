@@ -110,10 +110,30 @@ class AgglomerateLevel(Stage):
         hi = -(-(np.asarray(rel, np.int64) + np.asarray(info.write_roi.shape, np.int64)) // np.asarray(self.seg_block))
         return lo, np.minimum(hi, np.asarray(self.block_grid))
 
+    def _edge_offsets(self) -> list[tuple[int, int, int]]:
+        """The offsets the fragment-edges stage turned into edges for this graph."""
+        if self.graph == "mws":
+            return self.cfg.offsets.all
+        from ..offsets import BASELINE_LONG_RANGE, BASELINE_NEAREST
+
+        return list(BASELINE_NEAREST) + list(BASELINE_LONG_RANGE)
+
     def _blocks_to_read(self, lo: np.ndarray, hi: np.ndarray) -> list[str]:
-        """Blocks whose fragment-edge contributions can hold edges this region needs."""
-        glo = np.maximum(lo - 1, 0)
-        ghi = np.minimum(hi + 1, np.asarray(self.block_grid))
+        """Blocks whose fragment-edge contributions can hold edges this region needs.
+
+        An edge ``(p, p + o)`` is stored by the block of its owner voxel ``p`` and
+        fragments never leave their block, so a block outside the region can hold an
+        edge with an end inside it only if it lies on the side of ``-o``: along axis
+        ``a``, below the region only if some offset has ``o_a > 0``, above it only if
+        some has ``o_a < 0`` (offsets reach less than a block).  Reading just those
+        neighbours instead of the whole ring reads the same rows that survive the
+        region filter below (with the paper's offsets, 36 instead of 64 blocks for a
+        2x2x2 region)."""
+        offs = np.asarray(self._edge_offsets(), np.int64).reshape(-1, 3)
+        below = (offs > 0).any(axis=0).astype(np.int64)
+        above = (offs < 0).any(axis=0).astype(np.int64)
+        glo = np.maximum(lo - below, 0)
+        ghi = np.minimum(hi + above, np.asarray(self.block_grid))
         ranges = [range(a, b) for a, b in zip(glo, ghi)]
         blocks = np.array(list(itertools.product(*ranges)), np.int64).reshape(-1, 3)
         if self.level > 1:

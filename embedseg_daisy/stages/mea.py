@@ -19,6 +19,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from ..mea import mea_decision, patch_box_around
+from ..pipeline.faults import fault_point
 from ..pipeline.stage import BlockInfo, RunContext, Stage
 from .common import dataset, stage_prefix
 from .predict import raw_reader
@@ -126,6 +127,7 @@ class MEA(Stage):
                     break
                 time.sleep(min(5.0, self.cfg.mea.lease_s / 10))  # others hold leases; they may expire
                 continue
+            fault_point(self.run.run_dir, self.stage_id, block.key, "leased")
             for cand in leased:
                 outcome = self.decide(cand)
                 outcome.update(decided_by=self.owner, decided_at=time.time())

@@ -72,7 +72,7 @@ COLLECTIONS: dict[str, Collection] = {
             {
                 "stage": "str",
                 "block": "str",
-                "status": "str",  # done | failed
+                "status": "str",  # running | done | failed
                 "roi_offset": "json",  # voxels, z y x
                 "roi_shape": "json",
                 "worker": "int",
