@@ -65,7 +65,7 @@ class _Clock:
         return _T()
 
 
-def kernels_child(config: Path, with_net: bool) -> dict:
+def kernels_child(config: Path, with_net: bool, with_mea: bool = True) -> dict:
     import torch
     from funlib.geometry import Coordinate, Roi
 
@@ -171,7 +171,7 @@ def kernels_child(config: Path, with_net: bool) -> dict:
     # -- relabel (and relabel_mea: the same gather through the merge table)
     table = store.find_columns("fragment_segments", {"graph": "mws"}, fields=["fragment", "segment"])
     fk, fv = np.asarray(table["fragment"], np.int64), np.asarray(table["segment"], np.int64)
-    for name, arr in (("relabel", frags), ("relabel_mea", seg)):
+    for name, arr in (("relabel", frags), ("relabel_mea", seg))[: 2 if with_mea and with_net else 1]:
         with clock(name):
             for roi in blocks:
                 f = arr[local(roi)]
@@ -209,7 +209,7 @@ def kernels_child(config: Path, with_net: bool) -> dict:
 
     # -- mea: one forward per candidate
     cands = store.find("candidates", where)
-    if with_net and cands:
+    if with_net and with_mea and cands:
         xs = []
         for c in cands:
             centroid = np.asarray(c["centroid"], np.float64) - np.asarray(vol.begin, np.float64)
@@ -237,12 +237,14 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--skip", default="", help="comma list of stages to leave out (e.g. mea,relabel_mea)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child-kernels")
     ap.add_argument("--with-net", action="store_true")
+    ap.add_argument("--no-mea", action="store_true")
     args = ap.parse_args(argv)
     if args.child_kernels:
-        print(json.dumps(kernels_child(Path(args.child_kernels), args.with_net)))
+        print(json.dumps(kernels_child(Path(args.child_kernels), args.with_net, not args.no_mea)))
         return
 
     import mea as mea_bench
@@ -255,6 +257,7 @@ def main(argv=None):
     with_net = args.predictions == "net"
     ckpt, ckpt_kind = mea_bench.tiny_checkpoint(args.checkpoint)
     stages = ALL_STAGES if with_net else [s for s in ALL_STAGES if s not in ("predict", "mea", "relabel_mea")]
+    stages = [s for s in stages if s not in args.skip.split(",")]
     tag = f"{'x'.join(map(str, shape))}-{args.predictions}-w{args.workers}"
     runs = []
     config = None
@@ -269,7 +272,8 @@ def main(argv=None):
         runs.append(r)
         print(f"  rep {rep}: wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, " + ", ".join(
             f"{k} {v['peak_worker_rss_mib']:.0f}MiB" for k, v in r["tasks"].items()), flush=True)
-    k = C.child([__file__, "--child-kernels", config, *(["--with-net"] if with_net else [])])
+    k = C.child([__file__, "--child-kernels", config, *(["--with-net"] if with_net else []),
+                 *(["--no-mea"] if "mea" not in stages else [])])
     kern = k["kernels"]
     ksum_wall = sum(v["wall_s"] for v in kern.values())
     ksum_cpu = sum(v["cpu_s"] for v in kern.values())

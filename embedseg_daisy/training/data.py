@@ -78,10 +78,22 @@ def _as_unit_float(raw: np.ndarray, name: str) -> np.ndarray:
 def open_volume(
     path: str | Path, raw: str = "raw", labels: str = "labels", myelin: str | None = None
 ) -> TrainingVolume:
-    """Read a training volume from a zarr container through funlib.persistence."""
-    from funlib.persistence import open_ds
-
+    """Read a training volume from a zarr container through funlib.persistence, or from
+    an ``.npz`` file holding arrays named ``raw`` and ``labels`` (e.g. volumes generated
+    on a machine without zarr)."""
     path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            missing = [k for k in (raw, labels) if k not in data]
+            if missing:
+                raise InputError(f"{path}: no array named {missing[0]!r} (has {sorted(data.files)})")
+            lab = data[labels]
+            if lab.dtype.kind not in "ui":
+                raise InputError(f"{path}/{labels}: labels must be integers, got {lab.dtype}")
+            return TrainingVolume(
+                name=str(path), raw=_as_unit_float(data[raw], f"{path}/{raw}"), labels=lab, voxel_size=(29, 12, 12)
+            )
+    from funlib.persistence import open_ds
 
     def read(ds_name: str):
         try:
