@@ -310,7 +310,7 @@ def oracle_slab(labels: np.ndarray, z0: int, z1: int, offsets, noise: float, see
     ``noise``, correlation 2 voxels; ``embedding_affinities``), like a network's output.
     Both are computed on the slab plus a margin (offset reach, plus the smoothing
     support), so a slab's affinities do not depend on how the volume is cut."""
-    from embedseg_daisy.mws.synthetic import embedding_affinities, label_affinities
+    from embedseg_daisy.mws.synthetic import label_affinities
 
     rz = reach(offsets)[0] + (8 if affinities == "embedding" else 0)
     a, b = max(0, z0 - rz), min(labels.shape[0], z1 + rz)

@@ -22,6 +22,11 @@ region mode per block, ``block_edge_table`` per block, one graph MWS over the wh
 fragment graph, the relabel gather, ``block_contacts_with_gaps`` per block, contact
 stitching + candidate selection, the MEA relabel gather.
 
+MEA and relabel_mea are left out by default (``--skip``): the shipped tiny net's
+segmentations give thousands of self-touch candidates per Mvox, whose MEA forwards would
+dominate any CPU run; ``benchmarks/mea.py`` measures MEA per candidate and the report
+gives the candidate rate.
+
 Goal: run wall time <= 1.2x the kernels' summed time (with ``--workers 1`` the stages of
 a phase still overlap through daisy's block-wise chaining, so ``cpu_ratio`` -- the run's
 CPU over the kernels' CPU -- is reported too).  Results:
@@ -67,7 +72,7 @@ class _Clock:
 
 def kernels_child(config: Path, with_net: bool, with_mea: bool = True) -> dict:
     import torch
-    from funlib.geometry import Coordinate, Roi
+    from funlib.geometry import Coordinate
 
     from embedseg_daisy.blending import get_lattice
     from embedseg_daisy.config import load_config
@@ -237,7 +242,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--skip", default="", help="comma list of stages to leave out (e.g. mea,relabel_mea)")
+    ap.add_argument("--skip", default="mea,relabel_mea",
+                    help="comma list of stages to leave out (default mea,relabel_mea: with the shipped tiny net the "
+                         "candidates number thousands per Mvox, so MEA would dominate; benchmarks/mea.py times it "
+                         "per candidate; --skip '' runs every stage)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child-kernels")
     ap.add_argument("--with-net", action="store_true")
@@ -269,6 +277,7 @@ def main(argv=None):
                                      "mea.workers": 1})
         r = C.run_pipeline(config)
         r["blocks"] = C.block_records(config, r["started_epoch"])
+        r["store"] = C.store_report(config)
         runs.append(r)
         print(f"  rep {rep}: wall {r['wall_s']:.1f} s, cpu {r['cpu_s']:.1f} s, " + ", ".join(
             f"{k} {v['peak_worker_rss_mib']:.0f}MiB" for k, v in r["tasks"].items()), flush=True)
@@ -317,6 +326,8 @@ def main(argv=None):
         "largest_excess_stage": worst,
         "per_task_worker_peaks": last["tasks"], "driver_peak_rss_mib": last["driver_peak_rss_mib"],
         "voxels_per_s": nvox / wall,
+        "store_rows": {k: v["rows"] for k, v in last["store"].items()},
+        "candidates_per_mvox": last["store"].get("candidates", {}).get("rows", 0) / (nvox / 1e6),
         "loadavg_end": [round(v, 2) for v in os.getloadavg()],
     }
     lines = [f"{'stage':16s} {'blocks':>6s} {'block-s':>8s} {'kernel-s':>8s} {'ratio':>6s} {'peak MiB':>8s} {'from s':>7s} {'to s':>7s}"]

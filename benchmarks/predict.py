@@ -103,6 +103,47 @@ def build_net(args, device: torch.device) -> tuple[nn.Module, str]:
     return StandInRSUNet(args.width).to(device).eval(), f"stand-in RSUNet-like net, width {args.width}"
 
 
+# ---------------------------------------------------------------------- FLOPs
+#: Dense fp16/bf16 tensor-core peak (TFLOP/s, no sparsity) by device-name fragment.
+PEAK_TFLOPS_FP16 = {"H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H200": 989.4, "A100": 312.0}
+
+
+def forward_gflop_per_patch(preset: str, input_patch) -> float:
+    """Convolution and matmul FLOPs (2 per multiply-add) of one forward on one patch,
+    counted by ``torch.utils.flop_counter`` on the CPU (the count does not depend on
+    the device)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from embedseg_daisy.nn import build_model, get_preset
+
+    model = build_model(get_preset(preset)).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros((1, 1) + tuple(input_patch)))
+    return counter.get_total_flops() / 1e9
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_TFLOPS_FP16.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def add_flop_rates(run: dict, gflop: float) -> dict:
+    """Achieved TFLOP/s of the bare forward and of the stage, and their fraction of the
+    device's fp16 peak (CUDA runs with autocast only)."""
+    tb, tp = statistics.median(run["seconds_bare_forward"]), statistics.median(run["seconds_predict_box"])
+    run["gflop_per_patch"] = round(gflop, 3)
+    run["tflops_bare_forward"] = run["patches"] * gflop / tb / 1e3
+    run["tflops_predict_box"] = run["patches"] * gflop / tp / 1e3
+    peak = peak_tflops(run["device"]) if run["device"].startswith("cuda") and run["amp_float16"] else None
+    if peak:
+        run["peak_tflops_fp16"] = peak
+        run["fraction_of_peak_bare_forward"] = run["tflops_bare_forward"] / peak
+        run["fraction_of_peak_predict_box"] = run["tflops_predict_box"] / peak
+    return run
+
+
 # ---------------------------------------------------------------------- timing
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -139,7 +180,8 @@ def run_device(args, device: torch.device, amp: bool) -> dict:
         for j, p in enumerate(patches[i : i + bs]):
             x[j, 0] = read(p.input_box(out_patch, in_patch))
         batches.append(torch.from_numpy(x).to(device))
-    kw = dict(output_patch=out_patch, input_patch=in_patch, batch_size=bs, device=device, amp=amp)
+    # quantize: the stage writes uint8 and quantises where it blended (on the GPU)
+    kw = dict(output_patch=out_patch, input_patch=in_patch, batch_size=bs, device=device, amp=amp, quantize=True)
 
     # warm-up (oneDNN primitive creation, CUDA context / cuDNN heuristics)
     bare_forward(model, batches[:1], device, amp)
@@ -222,18 +264,39 @@ def main(argv=None) -> int:
         help="report how many more patches a blockwise run with this write block computes (counting only)",
     )
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "predict.json"))
+    ap.add_argument(
+        "--annotate", nargs="+", metavar="JSON",
+        help="add FLOP rates and fraction of peak to result files written earlier (no timing; CPU is enough)",
+    )
     args = ap.parse_args(argv)
+    if args.annotate:
+        for path in args.annotate:
+            result = json.loads(Path(path).read_text())
+            for r in result["runs"]:
+                preset = r["net"].split("'")[1] if "preset" in r["net"] else None
+                if preset:
+                    add_flop_rates(r, forward_gflop_per_patch(preset, r["input_patch"]))
+                    print(f"{path}: {r['device']} amp={r['amp_float16']} batch {r['batch_size']}: "
+                          f"{r['tflops_bare_forward']:.1f} TFLOP/s bare, {r['tflops_predict_box']:.1f} stage"
+                          + (f", {100 * r['fraction_of_peak_bare_forward']:.1f}% / "
+                             f"{100 * r['fraction_of_peak_predict_box']:.1f}% of fp16 peak"
+                             if "peak_tflops_fp16" in r else ""))
+            Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
 
     runs = []
     load_before = os.getloadavg()
+    gflop = forward_gflop_per_patch(args.preset, args.input_patch) if args.net != "standin" else None
     if args.device in ("auto", "cpu"):
         runs.append(run_device(args, torch.device("cpu"), amp=False))
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         dev = torch.device("cuda")
         runs.append(run_device(args, dev, amp=False))
         runs.append(run_device(args, dev, amp=True))
+    if gflop is not None:
+        runs = [add_flop_rates(r, gflop) for r in runs]
     result = {
         "benchmark": "predict_box vs bare forward",
         "blockwise_patch_factor": blockwise_patch_factor(args.stage_block, args.output_patch),
@@ -256,6 +319,8 @@ def main(argv=None) -> int:
             f"   ratio {r['ratio_predict_over_bare']:.3f} (goal <= 1.15); "
             f"non-forward {1e3 * r['non_forward_seconds_per_patch']:.1f} ms/patch\n"
             f"   profile {r['profile_seconds']}"
+            + (f"\n   {r['tflops_bare_forward']:.2f} TFLOP/s bare forward" if "tflops_bare_forward" in r else "")
+            + (f" = {100 * r['fraction_of_peak_bare_forward']:.1f}% of the fp16 peak" if "peak_tflops_fp16" in r else "")
         )
     f = result["blockwise_patch_factor"]
     print(

@@ -267,6 +267,14 @@ class ContactsConfig(WorkersConfig):
         "carry affinity 0 (the foreground-restricted metric graph), so such contacts score S = 0",
     )
     theta_self_touch: Fraction = Field(0.25, description="candidate if best contact score S > theta")
+    min_segment_size_vox: int = Field(
+        150,
+        ge=0,
+        description="both segments of a candidate must have at least this many voxels: a Mutex Watershed "
+        "leaves thousands of one-to-few-voxel segments along membranes, and each one wedged between two "
+        "contacts of a neighbour would otherwise be a candidate costing a network forward in MEA "
+        "(150 = the baseline's dust size at 12x12x29 nm, Fig. S10; 0 disables)",
+    )
 
 
 class MEAConfig(WorkersConfig):

@@ -67,6 +67,39 @@ def mea_curve(store, table: Contingency, seg_name: str, thetas, log_base) -> lis
     return out
 
 
+def majority_gt(table: Contingency) -> dict[int, int]:
+    """Each segment's ground-truth object: the label covering most of its (non-ignored) voxels."""
+    order = np.lexsort((-table.counts, table.seg_ids))
+    seg = table.seg_ids[order]
+    first = np.r_[True, seg[1:] != seg[:-1]]
+    return dict(zip(seg[first].tolist(), table.gt_ids[order][first].tolist()))
+
+
+def mea_decision_quality(store, table: Contingency, seg_name: str) -> dict:
+    """Precision and recall of MEA's merge decisions against ground truth.
+
+    A candidate (s1, s2) should merge when both segments' majority ground-truth object is
+    the same; segments made only of ignored (label-0) voxels count as distinct objects.
+    """
+    rows = store.find("candidates", {"segmentation": seg_name, "status": "decided"}, fields=["s1", "s2", "merge"])
+    owner = majority_gt(table)
+    tp = fp = fn = tn = 0
+    for r in rows:
+        g1, g2 = owner.get(int(r["s1"])), owner.get(int(r["s2"]))
+        truth = g1 is not None and g1 == g2
+        merged = bool(r.get("merge"))
+        tp += truth and merged
+        fp += merged and not truth
+        fn += truth and not merged
+        tn += not truth and not merged
+    return {
+        "decided": len(rows), "should_merge": tp + fn, "merged": tp + fp,
+        "true_merges": tp, "false_merges": fp, "missed_merges": fn, "true_keeps": tn,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+    }
+
+
 def maa_curve(store, table: Contingency, thresholds, log_base) -> list[tuple[float, dict]]:
     """Scores of the baseline's fragments agglomerated at several MAA thresholds (one
     merge tree over the run's fragment graph)."""
@@ -119,6 +152,11 @@ def evaluate_run(cfg: RunConfig, *, log_base_name: str | None = None, plot: str 
         curve = mea_curve(store, tables["segmentation"], "segmentation", thetas, log_base)
         curves["MWS+MEA (θ_d)"] = [(t, s["vi_split"], s["vi_merge"]) for t, s in curve]
         rows += [_score_row("MWS+MEA", t, s, log_base_name, now) for t, s in curve]
+    mea_quality = {
+        name: mea_decision_quality(store, tables[name], name)
+        for name in ("segmentation", "baseline_segmentation")
+        if name in tables
+    }
     if "baseline_fragments" in tables and cfg.baseline.enabled:
         curve = maa_curve(store, tables["baseline_fragments"], cfg.baseline.thresholds, log_base)
         curves["baseline WS+MAA (threshold)"] = [(t, s["vi_split"], s["vi_merge"]) for t, s in curve]
@@ -135,7 +173,7 @@ def evaluate_run(cfg: RunConfig, *, log_base_name: str | None = None, plot: str 
         merge_split_plot(
             curves, plot, "nats" if log_base_name == "e" else "bits", operating_points=points, annotate_thresholds=True
         )
-    return {"log_base": log_base_name, "methods": results, "curves": curves}
+    return {"log_base": log_base_name, "methods": results, "curves": curves, "mea_decisions": mea_quality}
 
 
 def _score_row(method: str, threshold: float, s: dict, log_base: str, now: float) -> dict:
@@ -162,7 +200,17 @@ def format_table(result: dict) -> str:
             f"{method:<22} {s['vi_split']:>9.4f} {s['vi_merge']:>9.4f} {s['vi_sum']:>9.4f} "
             f"{s['adapted_rand_error']:>7.4f} {s['splits']:>7} {s['merges']:>7}"
         )
+    for seg, q in result.get("mea_decisions", {}).items():
+        if q["decided"]:
+            lines.append(
+                f"MEA on {seg}: {q['decided']} decided, {q['merged']} merged; precision {_fmt(q['precision'])}, "
+                f"recall {_fmt(q['recall'])} (of {q['should_merge']} candidates that should merge)"
+            )
     return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

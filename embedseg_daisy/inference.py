@@ -96,10 +96,22 @@ class BoxPrediction:
     profile: dict[str, float] = field(default_factory=dict)
 
 
+def quantize_u8_torch(a: torch.Tensor) -> torch.Tensor:
+    """:func:`quantize_u8` in torch operations, on ``a``'s device."""
+    return torch.round(torch.clamp(a.detach().float(), 0.0, 1.0) * 255.0).to(torch.uint8)
+
+
 def quantize_u8(a) -> np.ndarray:
-    """``round(255 * a)`` as uint8 (values clipped to [0, 1] first; ties to even)."""
+    """``round(255 * a)`` as uint8 (values clipped to [0, 1] first; ties to even).
+
+    A CUDA tensor is quantised on the device and only the bytes are copied back: the
+    float32 copy would be 4x the traffic, and on a GPU that copy cost as much as the
+    network (``benchmarks/predict.py``).  Both paths round identically (float32
+    multiply, round half to even)."""
     if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
+        if a.device.type != "cpu":
+            return quantize_u8_torch(a).cpu().numpy()
+        a = a.detach().numpy()
     a = np.asarray(a, dtype=np.float32)
     return np.rint(np.clip(a, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
 
@@ -413,6 +425,7 @@ def _run(
     return_embeddings,
     profile,
     numba_kernels,
+    quantize=False,
 ) -> BoxPrediction:
     total_t0 = time.perf_counter()
     device = torch.device(device)
@@ -498,8 +511,9 @@ def _run(
                     with timer("blend"):
                         blender.add(patch, affs, None)
         with timer("to_host"):
-            affs_np = blender.affs.cpu().numpy()
-            bg_np = blender.background.cpu().numpy() if blender.background is not None else None
+            to_host = quantize_u8 if quantize else (lambda t: t.cpu().numpy())
+            affs_np = to_host(blender.affs)
+            bg_np = to_host(blender.background) if blender.background is not None else None
             emb_np = emb_out.cpu().numpy() if emb_out is not None else None
     if profile is not None:
         profile["total"] = profile.get("total", 0.0) + time.perf_counter() - total_t0
@@ -535,6 +549,7 @@ def predict_box(
     return_embeddings: bool = False,
     profile: dict[str, float] | None = None,
     numba_kernels: bool | None = None,
+    quantize: bool = False,
 ) -> BoxPrediction:
     """Blended metric-graph affinities and background probability for ``box``.
 
@@ -549,17 +564,19 @@ def predict_box(
     receives seconds per phase (read, forward, affinity, blend, to_host, total).
     ``numba_kernels``: per-patch work (Eq. 6, blending) in single-threaded numba
     kernels; default on for CPU (robust to busy cores), must be off on CUDA; off on
-    CPU runs the torch operations of the CUDA path.
+    CPU runs the torch operations of the CUDA path.  ``quantize``: return ``affinities``
+    and ``background`` as :func:`quantize_u8` bytes, quantised where they were blended
+    (on a GPU that saves copying float32 back).
 
     Returns a :class:`BoxPrediction` with ``affinities`` ``(K, *box_shape)`` float32,
-    ``background`` ``(*box_shape)`` float32 and, with ``return_embeddings``,
+    ``background`` ``(*box_shape)`` float32 (uint8 with ``quantize``) and, with ``return_embeddings``,
     ``embeddings`` ``(D, *box_shape)`` float32 (from the nearest patch, not blended).
     """
     return _run(
         "embedding", model, read_raw, box, volume_shape, offsets,
         output_patch=output_patch, input_patch=input_patch, batch_size=batch_size, device=device,
         delta_d=delta_d, stride=stride, amp=amp, return_embeddings=return_embeddings, profile=profile,
-        numba_kernels=numba_kernels,
+        numba_kernels=numba_kernels, quantize=quantize,
     )
 
 
@@ -579,6 +596,7 @@ def predict_box_affinity(
     profile: dict[str, float] | None = None,
     numba_kernels: bool | None = None,
     delta_d: float | None = None,
+    quantize: bool = False,
 ) -> BoxPrediction:
     """Baseline affinity net: blended ``sigmoid(model(x).logits)`` for ``box``.
 
@@ -599,5 +617,5 @@ def predict_box_affinity(
         "affinity", model, read_raw, box, volume_shape, offsets,
         output_patch=output_patch, input_patch=input_patch, batch_size=batch_size, device=device,
         delta_d=DELTA_D, stride=stride, amp=amp, return_embeddings=False, profile=profile,
-        numba_kernels=numba_kernels,
+        numba_kernels=numba_kernels, quantize=quantize,
     )

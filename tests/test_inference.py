@@ -21,6 +21,7 @@ from embedseg_daisy.inference import (
     predict_box,
     predict_box_affinity,
     quantize_u8,
+    quantize_u8_torch,
 )
 from embedseg_daisy.metric_graph import metric_affinities_np
 from embedseg_daisy.offsets import BASELINE_LONG_RANGE, BASELINE_NEAREST, PAPER_ATTRACTIVE, PAPER_REPULSIVE
@@ -402,6 +403,28 @@ def test_quantize_u8():
     assert quantize_u8(torch.tensor([0.25])).dtype == np.uint8
 
 
+def test_quantize_on_device_rounds_like_numpy():
+    # the GPU path quantises in torch; every k/255 and exact tie (k + 0.5)/255 must agree
+    k = np.arange(256, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    a = np.concatenate([k / 255, (k + 0.5) / 255, rng.random(10000, dtype=np.float32), [-1.0, 2.0, np.float32(1.0000001)]])
+    a = a.astype(np.float32)
+    assert np.array_equal(quantize_u8_torch(torch.from_numpy(a)).numpy(), quantize_u8(a))
+
+
+def test_predict_box_quantize_equals_quantized_floats():
+    shape = (6, 24, 24)
+    raw = random_raw(shape)
+    kw = dict(model=ConvEmbeddingNet().eval(), read_raw=array_reader(raw), box=((0, 0, 0), shape),
+              volume_shape=shape, offsets=PAPER_OFFSETS, **SMALL)
+    for numba_kernels in (True, False):
+        floats = predict_box(numba_kernels=numba_kernels, **kw)
+        q = predict_box(numba_kernels=numba_kernels, quantize=True, **kw)
+        assert q.affinities.dtype == np.uint8 and q.background.dtype == np.uint8
+        assert np.array_equal(q.affinities, quantize_u8(floats.affinities))
+        assert np.array_equal(q.background, quantize_u8(floats.background))
+
+
 def test_array_reader_mirrors():
     raw = np.arange(5, dtype=np.uint8).reshape(1, 1, 5)
     read = array_reader(raw)
@@ -429,5 +452,7 @@ def test_block_size_invariance_cuda():
     whole = predict_box(box=((0, 0, 0), shape), **kw)
     for block in [(5, 13, 11), (7, 23, 29)]:
         assert_invariant(whole, stitched(predict_box, shape, block, **kw))
+    q = predict_box(box=((0, 0, 0), shape), quantize=True, **kw)
+    assert np.array_equal(q.affinities, quantize_u8(whole.affinities))  # quantised on the GPU, same bytes
     cpu = predict_box(box=((0, 0, 0), shape), **{**kw, "model": ConvEmbeddingNet().eval(), "device": "cpu"})
     assert np.abs(cpu.affinities - whole.affinities).max() < 0.05  # float16 autocast on CUDA

@@ -13,7 +13,7 @@ from funlib.geometry import Roi
 from ..candidates import self_touch_candidates
 from ..contacts import EDGE_PIECE_DTYPE, LINK_DTYPE, PIECE_DTYPE, stitch_contacts
 from ..pipeline.stage import BlockInfo, RunContext, Stage
-from .common import dataset, stage_prefix
+from .common import GraphStage, dataset
 
 
 def _records(cols: dict, dtype: np.dtype, mapping: dict[str, str]) -> np.ndarray:
@@ -24,21 +24,34 @@ def _records(cols: dict, dtype: np.dtype, mapping: dict[str, str]) -> np.ndarray
     return out
 
 
-class Candidates(Stage):
+def segment_sizes(store, graph: str, segments: np.ndarray, chunk: int = 5000) -> dict[int, int]:
+    """Voxel counts of ``segments`` of ``graph``: the sizes of their fragments (from the
+    fragments stage) summed through the fragment -> segment table (from relabel)."""
+    sizes: dict[int, int] = {}
+    segments = np.asarray(segments, np.int64)
+    for i in range(0, len(segments), chunk):
+        part = segments[i : i + chunk].tolist()
+        members = store.find_columns(
+            "fragment_segments", {"graph": graph, "segment": {"in": part}}, fields=["fragment", "segment"]
+        )
+        owner = dict(zip(np.asarray(members.get("fragment", []), np.int64).tolist(),
+                         np.asarray(members.get("segment", []), np.int64).tolist()))
+        frags = list(owner)
+        for j in range(0, len(frags), chunk):
+            rows = store.find_columns(
+                "fragments", {"graph": graph, "id": {"in": frags[j : j + chunk]}}, fields=["id", "size"]
+            )
+            for f, n in zip(np.asarray(rows.get("id", []), np.int64).tolist(),
+                            np.asarray(rows.get("size", []), np.int64).tolist()):
+                seg = owner[f]
+                sizes[seg] = sizes.get(seg, 0) + n
+    return sizes
+
+
+class Candidates(GraphStage):
     name = "candidates"
+    section = "contacts"
     kind = "shards"
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}candidates"
-
-    @property
-    def workers(self):
-        return self.cfg.contacts
 
     @property
     def write_total_roi(self) -> Roi:
@@ -104,6 +117,12 @@ class Candidates(Stage):
             replace_where=where,
         )
         cands = self_touch_candidates(contacts, theta=self.cfg.contacts.theta_self_touch)
+        min_size = self.cfg.contacts.min_segment_size_vox
+        if min_size > 0 and len(cands):
+            sizes = segment_sizes(self.store, self.graph, np.union1d(cands["seg_a"], cands["seg_b"]))
+            big_a = np.array([sizes.get(int(s), 0) >= min_size for s in cands["seg_a"]], bool)
+            big_b = np.array([sizes.get(int(s), 0) >= min_size for s in cands["seg_b"]], bool)
+            cands = cands[big_a & big_b]
         # a re-run shard must not reopen candidates that MEA already decided
         decided = {
             (r["s1"], r["s2"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from funlib.geometry import Coordinate, Roi
 
 from ..offsets import max_reach
+from ..pipeline.stage import RunContext, Stage
 
 #: output dataset names per graph ("mws" = the proposed method, "baseline")
 DATASETS = {
@@ -46,3 +49,24 @@ def grown(roi: Roi, margin, bounds: Roi) -> Roi:
 
 def reach_of(offsets) -> tuple[int, int, int]:
     return max_reach(offsets)
+
+
+class GraphStage(Stage):
+    """A stage run for one graph: ``"mws"`` (the proposed method) or ``"baseline"``.
+
+    Its id is the graph's prefix + ``name`` (``fragments``, ``baseline_fragments``), and
+    its workers are configured in the config section named by ``section``."""
+
+    section: ClassVar[str]
+
+    def __init__(self, run: RunContext, graph: str):
+        super().__init__(run)
+        self.graph = graph
+
+    @property
+    def stage_id(self) -> str:
+        return f"{stage_prefix(self.graph)}{self.name}"
+
+    @property
+    def workers(self):
+        return getattr(self.cfg, self.section)

@@ -11,7 +11,7 @@ from funlib.geometry import Coordinate
 from ..contacts import block_contacts_with_gaps, pair_shard
 from ..geometry import as_vec3
 from ..pipeline.stage import BlockInfo, RunContext, Stage
-from .common import dataset, grown, stage_prefix
+from .common import GraphStage, dataset, grown
 
 
 def local_box(block: BlockInfo, volume_origin) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -20,20 +20,9 @@ def local_box(block: BlockInfo, volume_origin) -> tuple[tuple[int, ...], tuple[i
     return tuple(begin), tuple(end)
 
 
-class Contacts(Stage):
+class Contacts(GraphStage):
     name = "contacts"
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}contacts"
-
-    @property
-    def workers(self):
-        return self.cfg.contacts
+    section = "contacts"
 
     @property
     def block_shape(self):

@@ -18,7 +18,7 @@ from funlib.geometry import Coordinate
 from ..fragment_graph import EdgeTable
 from ..geometry import as_vec3
 from ..pipeline.stage import BlockInfo, RunContext, Stage
-from .common import dataset, grown, reach_of, stage_prefix
+from .common import GraphStage, dataset, grown, reach_of
 
 
 def block_edge_table(
@@ -90,20 +90,9 @@ def block_edge_table(
     return EdgeTable.concat(tables).aggregate()
 
 
-class FragmentEdges(Stage):
+class FragmentEdges(GraphStage):
     name = "fragment_edges"
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}fragment_edges"
-
-    @property
-    def workers(self):
-        return self.cfg.segment
+    section = "segment"
 
     @property
     def block_shape(self):

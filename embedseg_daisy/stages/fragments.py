@@ -23,7 +23,7 @@ from ..fragments import fragment_table, global_fragment_ids
 from ..geometry import as_vec3
 from ..pipeline.stage import BlockInfo, RunContext, Stage
 from ..volumes import prepare_volume
-from .common import dataset, grown, reach_of, stage_prefix
+from .common import GraphStage, dataset, grown, reach_of
 
 
 def foreground_from_mask(mask_u8: np.ndarray, theta_mask: float) -> np.ndarray:
@@ -34,20 +34,9 @@ def foreground_from_mask(mask_u8: np.ndarray, theta_mask: float) -> np.ndarray:
     return mask_u8.astype(np.float32) / np.float32(255.0) < np.float32(theta_mask)
 
 
-class Fragments(Stage):
+class Fragments(GraphStage):
     name = "fragments"
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}fragments"
-
-    @property
-    def workers(self):
-        return self.cfg.segment
+    section = "segment"
 
     @property
     def block_shape(self):

@@ -21,26 +21,15 @@ from funlib.geometry import Coordinate, Roi
 from ..mea import mea_decision, patch_box_around
 from ..pipeline.faults import fault_point
 from ..pipeline.stage import BlockInfo, RunContext, Stage
-from .common import dataset, stage_prefix
+from .common import GraphStage, dataset
 from .predict import raw_reader
 
 
-class MEA(Stage):
+class MEA(GraphStage):
     name = "mea"
+    section = "mea"
     kind = "leases"
     gpu = True
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}mea"
-
-    @property
-    def workers(self):
-        return self.cfg.mea
 
     @property
     def write_total_roi(self) -> Roi:

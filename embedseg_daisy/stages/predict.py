@@ -16,7 +16,7 @@ from ..errors import InputError
 from ..geometry import as_vec3
 from ..pipeline.stage import BlockInfo, RunContext, Stage
 from ..volumes import prepare_volume
-from .common import dataset, stage_prefix
+from .common import GraphStage, dataset
 
 
 def _reflect(index: np.ndarray, n: int) -> np.ndarray:
@@ -52,21 +52,10 @@ def raw_reader(raw):
     return read
 
 
-class Predict(Stage):
+class Predict(GraphStage):
     name = "predict"
+    section = "predict"
     gpu = True
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}predict"
-
-    @property
-    def workers(self):
-        return self.cfg.predict
 
     @property
     def block_shape(self):
@@ -133,21 +122,22 @@ class Predict(Stage):
         self.mask = self.run.open_output(dataset(self.graph, "mask"), mode="r+") if self.graph == "mws" else None
 
     def process(self, block: BlockInfo):
-        from ..inference import predict_box, predict_box_affinity, quantize_u8
+        from ..inference import predict_box, predict_box_affinity
 
         common = dict(
             output_patch=tuple(self.spec.output_crop),
             input_patch=tuple(self.spec.input_shape),
             batch_size=self.cfg.predict.batch_size,
             device=self.device,
+            quantize=True,
         )
         if self.graph == "mws":
             pred = predict_box(self.model, self.read_raw, block.write_roi, self.run.volume_roi, self.offsets(), **common)
-            self.affs.write(block.write_roi, quantize_u8(pred.affinities))
-            self.mask.write(block.write_roi, quantize_u8(pred.background))
+            self.affs.write(block.write_roi, pred.affinities)
+            self.mask.write(block.write_roi, pred.background)
         else:
             pred = predict_box_affinity(self.model, self.read_raw, block.write_roi, self.run.volume_roi, self.offsets(), **common)
-            self.affs.write(block.write_roi, quantize_u8(pred.affinities))
+            self.affs.write(block.write_roi, pred.affinities)
         return None
 
 

@@ -9,25 +9,14 @@ from ..geometry import as_vec3, grid_shape
 from ..pipeline.stage import BlockInfo, RunContext, Stage
 from ..volumes import prepare_volume
 from .agglomerate import chase_lookups, num_levels
-from .common import dataset, stage_prefix
+from .common import GraphStage, dataset
 
 
-class Relabel(Stage):
+class Relabel(GraphStage):
     """Writes ``segmentation`` (uint64) and the fragment -> segment table."""
 
     name = "relabel"
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}relabel"
-
-    @property
-    def workers(self):
-        return self.cfg.relabel
+    section = "relabel"
 
     @property
     def block_shape(self):
@@ -75,22 +64,11 @@ class Relabel(Stage):
         return None
 
 
-class RelabelMEA(Stage):
+class RelabelMEA(GraphStage):
     """Applies mean-embedding agglomeration merges: ``segmentation_mea``."""
 
     name = "relabel_mea"
-
-    def __init__(self, run: RunContext, graph: str):
-        super().__init__(run)
-        self.graph = graph
-
-    @property
-    def stage_id(self) -> str:
-        return f"{stage_prefix(self.graph)}relabel_mea"
-
-    @property
-    def workers(self):
-        return self.cfg.relabel
+    section = "relabel"
 
     @property
     def block_shape(self):
