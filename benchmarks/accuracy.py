@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the package need not be installed to run the benchmark
+    sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 ORDER = ["baseline WS", "baseline WS+MAA", "baseline WS+MAA+MEA", "MWS", "MWS+MEA"]
 
@@ -59,11 +61,11 @@ def run_seed(seed: int, shape, workdir: Path, workers: int) -> dict:
     cfg_path = run / "config.json"
     cfg_path.write_text(json.dumps(config_for(seed, shape, workdir, workers), indent=1))
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "embedseg_daisy.run", str(cfg_path), "--no-progress"], check=True)
+    subprocess.run([sys.executable, "-m", "embedseg_daisy.run", str(cfg_path), "--no-progress"], check=True, cwd=ROOT)
     pipeline_s = time.time() - t0
     out = run / "scores.json"
     subprocess.run(
-        [sys.executable, "-m", "embedseg_daisy.evaluate", str(cfg_path), "--json", str(out)], check=True
+        [sys.executable, "-m", "embedseg_daisy.evaluate", str(cfg_path), "--json", str(out)], check=True, cwd=ROOT
     )
     scores = json.loads(out.read_text())
     candidates = _candidate_counts(cfg_path)
