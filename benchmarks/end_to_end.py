@@ -23,9 +23,9 @@ fragment graph, the relabel gather, ``block_contacts_with_gaps`` per block, cont
 stitching + candidate selection, the MEA relabel gather.
 
 MEA and relabel_mea are left out by default (``--skip``): the shipped tiny net's
-segmentations give thousands of self-touch candidates per Mvox, whose MEA forwards would
-dominate any CPU run; ``benchmarks/mea.py`` measures MEA per candidate and the report
-gives the candidate rate.
+segmentations give ~140 self-touch candidates per Mvox (demo volume, after the minimum
+segment size), each a ~2 s network forward on this CPU, which would dominate any CPU run;
+``benchmarks/mea.py`` measures MEA per candidate and the report gives the candidate rate.
 
 Goal: run wall time <= 1.2x the kernels' summed time (with ``--workers 1`` the stages of
 a phase still overlap through daisy's block-wise chaining, so ``cpu_ratio`` -- the run's
@@ -243,8 +243,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--skip", default="mea,relabel_mea",
-                    help="comma list of stages to leave out (default mea,relabel_mea: with the shipped tiny net the "
-                         "candidates number thousands per Mvox, so MEA would dominate; benchmarks/mea.py times it "
+                    help="comma list of stages to leave out (default mea,relabel_mea: with the shipped tiny net "
+                         "MEA's one CPU forward per candidate would dominate; benchmarks/mea.py times it "
                          "per candidate; --skip '' runs every stage)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child-kernels")

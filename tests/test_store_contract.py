@@ -192,6 +192,27 @@ def test_replace_where_removes_stale_rows(store):
     assert store.put("fragment_edges", {}) == 0
 
 
+def test_find_arrays_streams_numeric_columns(store):
+    # on SQLite more rows than one streaming chunk (65,536), so chunking is exercised;
+    # the mongoeco stand-in takes milliseconds per document, so fewer there
+    n = 70_000 if type(store).__name__ == "SQLiteStore" else 2_000
+    u = np.arange(n, dtype=np.int64)
+    store.put("fragment_edges", {
+        "graph": ["mws"] * n, "block": ["0_0_0"] * (n // 2) + ["0_0_1"] * (n - n // 2),
+        "u": u, "v": u + 1, "attr_key": u % 7, "rep_key": np.full(n, -1), "aff_sum": u / n, "aff_count": np.ones(n, np.int64),
+    })
+    got = store.find_arrays("fragment_edges", {"graph": "mws", "block": {"in": ["0_0_1"]}}, fields=["u", "v", "aff_sum"])
+    assert got["u"].dtype == np.int64 and got["aff_sum"].dtype == np.float64
+    order = np.argsort(got["u"])
+    np.testing.assert_array_equal(got["u"][order], u[n // 2 :])
+    np.testing.assert_array_equal(got["v"][order], u[n // 2 :] + 1)
+    np.testing.assert_allclose(got["aff_sum"][order], u[n // 2 :] / n)
+    empty = store.find_arrays("fragment_edges", {"graph": "none"}, fields=["u"])
+    assert empty["u"].dtype == np.int64 and len(empty["u"]) == 0
+    with pytest.raises(ValueError, match="not a numeric field"):
+        store.find_arrays("fragment_edges", {"graph": "mws"}, fields=["block"])
+
+
 def test_columnwise_put_and_find_columns(store):
     n = 20
     u = np.arange(1, n + 1, dtype=np.uint64)

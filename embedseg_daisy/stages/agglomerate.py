@@ -49,14 +49,14 @@ def chase_lookups(store, graph: str, ids: np.ndarray, up_to_level: int, cache: d
         keys, values = [], []
         for start in range(0, len(uniq), _IN_CHUNK):
             chunk = uniq[start : start + _IN_CHUNK]
-            rows = store.find_columns(
+            rows = store.find_arrays(
                 "lookups",
                 {"graph": graph, "level": level, "node": {"in": chunk.tolist()}},
                 fields=["node", "parent"],
             )
-            keys.extend(rows["node"])
-            values.extend(rows["parent"])
-        ids = map_ids(ids, np.asarray(keys, np.int64), np.asarray(values, np.int64))
+            keys.append(rows["node"])
+            values.append(rows["parent"])
+        ids = map_ids(ids, np.concatenate(keys or [np.zeros(0, np.int64)]), np.concatenate(values or [np.zeros(0, np.int64)]))
     return ids
 
 
@@ -162,7 +162,7 @@ class AgglomerateLevel(Stage):
     def _fragment_edges(self, keys: list[str]) -> EdgeTable:
         tables = []
         for start in range(0, len(keys), _IN_CHUNK):
-            cols = self.store.find_columns(
+            cols = self.store.find_arrays(
                 "fragment_edges",
                 {"graph": self.graph, "block": {"in": keys[start : start + _IN_CHUNK]}},
                 fields=list(EDGE_FIELDS),
@@ -176,7 +176,7 @@ class AgglomerateLevel(Stage):
         children = [block_key(c) for c in itertools.product(*(range(a, b) for a, b in zip(clo, chi)))]
         tables = []
         for start in range(0, len(children), _IN_CHUNK):
-            cols = self.store.find_columns(
+            cols = self.store.find_arrays(
                 "level_edges",
                 {"graph": self.graph, "level": self.level - 1, "region": {"in": children[start : start + _IN_CHUNK]}},
                 fields=list(EDGE_FIELDS),

@@ -22,8 +22,20 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 Rows = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
 Where = Mapping[str, Any]
+
+
+def numeric_dtype(collection: str, field: str) -> np.dtype:
+    """numpy dtype of a numeric field (``int`` -> int64, ``float`` -> float64)."""
+    from .schema import COLLECTIONS
+
+    kind = COLLECTIONS[collection].fields.get(field)
+    if kind not in ("int", "float"):
+        raise ValueError(f"{collection}.{field} is {kind!r}, not a numeric field")
+    return np.dtype(np.int64 if kind == "int" else np.float64)
 
 
 class Store(abc.ABC):
@@ -83,6 +95,14 @@ class Store(abc.ABC):
         """Rows matching ``where`` column-wise (cheaper for large reads)."""
         rows = self.find(collection, where, fields=fields, order_by=order_by)
         return {f: [r.get(f) for r in rows] for f in fields}
+
+    def find_arrays(self, collection: str, where: Where | None = None, *, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        """Numeric fields of the rows matching ``where`` as numpy arrays (int fields as
+        int64, float fields as float64).  For reads of millions of rows (fragment-graph
+        edges): a backend may stream them so the peak is the arrays, not one Python
+        object per value."""
+        cols = self.find_columns(collection, where, fields=fields)
+        return {f: np.asarray(cols[f], dtype=numeric_dtype(collection, f)) for f in fields}
 
     @abc.abstractmethod
     def count(self, collection: str, where: Where | None = None) -> int: ...

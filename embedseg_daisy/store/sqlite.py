@@ -26,9 +26,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from embedseg_daisy.errors import StoreError
 
-from .base import Rows, Store, Where
+from .base import Rows, Store, Where, numeric_dtype
 from .convert import (
     check_fields,
     get_collection as _coll,
@@ -391,6 +393,32 @@ class SQLiteStore(Store):
             if c.fields[f] == "json":
                 cols[i] = [json_loads(v) for v in cols[i]]
         return dict(zip(names, cols))
+
+    def find_arrays(self, collection: str, where: Where | None = None, *, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        c = _coll(collection)
+        names = check_fields(c, fields)
+        dtype = np.dtype([(f, numeric_dtype(collection, f)) for f in names])
+        clauses, params = _where_sql(parse_where(c, where))
+        sql = f"SELECT {', '.join(_q(f) for f in names)} FROM {_q(c.name)}{_where_clause(clauses)}"
+
+        def read(conn: sqlite3.Connection) -> dict[str, np.ndarray]:
+            # preallocate from a count and stream in chunks: the peak is the arrays plus
+            # one chunk of Python rows (rows written meanwhile by other workers grow it)
+            n = int(conn.execute(f"SELECT COUNT(*) FROM {_q(c.name)}{_where_clause(clauses)}", params).fetchone()[0])
+            out = {f: np.empty(n, dtype[f]) for f in names}
+            cursor = conn.execute(sql, params)
+            pos = 0
+            while rows := cursor.fetchmany(1 << 16):
+                chunk = np.array(rows, dtype=dtype)
+                end = pos + len(chunk)
+                if end > len(out[names[0]]):
+                    out = {f: np.resize(a, max(end, 2 * len(a))) for f, a in out.items()}
+                for f in names:
+                    out[f][pos:end] = chunk[f]
+                pos = end
+            return {f: a[:pos] for f, a in out.items()}
+
+        return self._run(read)
 
     def count(self, collection: str, where: Where | None = None) -> int:
         c = _coll(collection)
