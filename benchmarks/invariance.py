@@ -52,7 +52,8 @@ def copy_predictions(src: Path, dst: Path, block) -> None:
             dtype=data.dtype,
             chunk_shape=tuple(block),
             channels=data.shape[0] if data.ndim == 4 else None,
-            attrs=dict(vol.attrs),
+            # only our own attributes: funlib writes its metadata (voxel size, offset, axes) itself
+            attrs={k: v for k, v in vol.attrs.items() if k == "offsets"},
         )
         out.write(Roi(vol.roi.offset, vol.roi.shape), data)
 

@@ -27,25 +27,28 @@ def _records(cols: dict, dtype: np.dtype, mapping: dict[str, str]) -> np.ndarray
 def segment_sizes(store, graph: str, segments: np.ndarray, chunk: int = 5000) -> dict[int, int]:
     """Voxel counts of ``segments`` of ``graph``: the sizes of their fragments (from the
     fragments stage) summed through the fragment -> segment table (from relabel)."""
-    sizes: dict[int, int] = {}
-    segments = np.asarray(segments, np.int64)
+    segments = np.unique(np.asarray(segments, np.int64))
+    frag_parts, seg_parts = [], []
     for i in range(0, len(segments), chunk):
-        part = segments[i : i + chunk].tolist()
-        members = store.find_columns(
-            "fragment_segments", {"graph": graph, "segment": {"in": part}}, fields=["fragment", "segment"]
+        members = store.find_arrays(
+            "fragment_segments", {"graph": graph, "segment": {"in": segments[i : i + chunk].tolist()}},
+            fields=["fragment", "segment"],
         )
-        owner = dict(zip(np.asarray(members.get("fragment", []), np.int64).tolist(),
-                         np.asarray(members.get("segment", []), np.int64).tolist()))
-        frags = list(owner)
-        for j in range(0, len(frags), chunk):
-            rows = store.find_columns(
-                "fragments", {"graph": graph, "id": {"in": frags[j : j + chunk]}}, fields=["id", "size"]
-            )
-            for f, n in zip(np.asarray(rows.get("id", []), np.int64).tolist(),
-                            np.asarray(rows.get("size", []), np.int64).tolist()):
-                seg = owner[f]
-                sizes[seg] = sizes.get(seg, 0) + n
-    return sizes
+        frag_parts.append(members["fragment"])
+        seg_parts.append(members["segment"])
+    frags, owner = np.concatenate(frag_parts or [np.zeros(0, np.int64)]), np.concatenate(seg_parts or [np.zeros(0, np.int64)])
+    ids_parts, size_parts = [], []
+    for j in range(0, len(frags), chunk):
+        rows = store.find_arrays("fragments", {"graph": graph, "id": {"in": frags[j : j + chunk].tolist()}}, fields=["id", "size"])
+        ids_parts.append(rows["id"])
+        size_parts.append(rows["size"])
+    ids, sizes = np.concatenate(ids_parts or [np.zeros(0, np.int64)]), np.concatenate(size_parts or [np.zeros(0, np.int64)])
+    order = np.argsort(frags)
+    seg_of = owner[order][np.searchsorted(frags[order], ids)]
+    index = np.searchsorted(segments, seg_of)
+    totals = np.bincount(index, weights=sizes, minlength=len(segments)).astype(np.int64)
+    present = np.isin(segments, owner)
+    return dict(zip(segments[present].tolist(), totals[present].tolist()))
 
 
 class Candidates(GraphStage):

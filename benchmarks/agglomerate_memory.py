@@ -1,0 +1,76 @@
+"""Peak memory of one agglomerate region per level, on a finished run's store.
+
+    python benchmarks/agglomerate_memory.py benchmarks/work/scaling/96x1024x1024/config.json \
+        --regions 1:1,1,1 2:0,0,0 3:0,0,0
+
+Each ``LEVEL:Z,Y,X`` (region index at that level) runs in a fresh process:
+``setup`` then ``process`` of that region exactly as a worker does (the region's rows
+are replaced with identical ones, so the run is left as it was).  Reported: the rows
+of fragment edges the region reads, seconds, and the process's peak RSS (``VmHWM``)
+over its RSS after setup.  Results: ``benchmarks/results/agglomerate_memory.json`` and a
+line in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def child(config: str, level: int, index: tuple[int, int, int]) -> dict:
+    from funlib.geometry import Coordinate, Roi
+
+    from embedseg_daisy.config import load_config
+    from embedseg_daisy.pipeline.stage import RunContext
+    from embedseg_daisy.stages.agglomerate import stages
+
+    run = RunContext(load_config(config))
+    stage = stages(run, "mws")[level - 1]
+    stage.setup()
+    base = C.status_kib("VmRSS")
+    shape = Coordinate(stage.block_shape)
+    roi = Roi(Coordinate(run.volume_roi.offset) + Coordinate(index) * shape, shape).intersect(run.volume_roi)
+    info = stage.block_info(roi)
+    lo, hi = stage._region_block_range(info)
+    t = time.perf_counter()
+    stage.process(info)
+    return {
+        "level": level, "region": list(index), "levels": stage.levels, "blocks_in_region": int((hi - lo).prod()),
+        "seconds": time.perf_counter() - t, "rss_after_setup_mib": base / 1024,
+        "peak_mib": C.status_kib("VmHWM") / 1024, "peak_over_setup_mib": (C.status_kib("VmHWM") - base) / 1024,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config")
+    ap.add_argument("--regions", nargs="+", default=["1:1,1,1", "2:0,0,0", "3:0,0,0"])
+    ap.add_argument("--child", nargs=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.child:
+        level, index = args.child
+        print(json.dumps(child(args.config, int(level), tuple(int(v) for v in index.split(",")))))
+        return 0
+    rows = []
+    for spec in args.regions:
+        level, index = spec.split(":")
+        r = C.child([__file__, args.config, "--child", level, index])
+        print(f"  L{r['level']} region {r['region']} ({r['blocks_in_region']} blocks): {r['seconds']:.1f} s, "
+              f"peak {r['peak_mib']:.0f} MiB (+{r['peak_over_setup_mib']:.0f} over setup)", flush=True)
+        rows.append(r)
+    report = {"benchmark": "agglomerate peak memory per region and level", "command": C.command_line(),
+              "machine": C.machine(), "config": args.config, "regions": rows}
+    headline = "; ".join(f"L{r['level']} {r['region']}: {r['peak_mib']:.0f} MiB, {r['seconds']:.0f} s" for r in rows)
+    C.save("agglomerate_memory", report, headline, out=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
