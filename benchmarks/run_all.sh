@@ -15,6 +15,13 @@ $py benchmarks/end_to_end.py --predictions oracle --shape 64,512,512 --out bench
 $py benchmarks/overhead.py
 $py benchmarks/peer_volara.py
 $py benchmarks/scaling.py --shapes 16,256,256 32,512,512 48,768,768 96,1024,1024
+$py benchmarks/agglomerate_memory.py benchmarks/work/scaling/96x1024x1024/config.json   # needs the scaling run above
+$py benchmarks/invariance.py --network
+$py benchmarks/predict.py                                                   # CPU: stage vs bare forward
+$py benchmarks/mws_kernel.py
+$py benchmarks/embedding_quality.py --patches 12
+$py benchmarks/accuracy.py
+$py benchmarks/mea_decisions.py runs/accuracy/seed2001/config.json           # after accuracy.py
 $py benchmarks/segment.py --shapes 16,256,256 32,512,512 96,1024,1024 --blocks 32x256x256 --repeats 1 \
     --methods stages,ours_whole,mwatershed_whole --ours-whole-max-vox 40000000 \
     --out benchmarks/results/segment_scaling.json
