@@ -326,28 +326,13 @@ def oracle_slab(labels: np.ndarray, z0: int, z1: int, offsets, noise: float, see
     return np.ascontiguousarray(affs), np.rint(background * 255).astype(np.uint8)
 
 
-def _embedding_affinities_fixed(labels, offsets, rng, sigma, seed, dim=6, smooth=2.0, delta=1.5):
+def _embedding_affinities_fixed(labels, offsets, rng, sigma, seed, dim=6):
     """``embedding_affinities`` with object vectors that depend only on (seed, id), so
     slabs of one volume agree on every object's vector."""
-    from scipy import ndimage
+    from embedseg_daisy.mws.synthetic import embedding_affinities
 
-    shape = labels.shape
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 3)
-    n = int(labels.max()) + 1
-    vec = np.random.default_rng([seed, 999]).uniform(-3.0, 3.0, size=(n, dim)).astype(np.float32)
-    emb = vec[labels.astype(np.int64)]
-    gain = 1.0 / max(np.sqrt(1.0 / (8 * np.pi**1.5 * smooth**3)), 1e-6)
-    for d in range(dim):
-        nz = rng.normal(0.0, sigma, size=shape).astype(np.float32)
-        emb[..., d] += ndimage.gaussian_filter(nz, smooth) * np.float32(gain)
-    out = np.zeros((len(offsets),) + shape, dtype=np.uint8)
-    for k, off in enumerate(offsets):
-        src = tuple(slice(max(0, -o), s - max(0, o)) for o, s in zip(off, shape))
-        dst = tuple(slice(max(0, o), s - max(0, -o)) for o, s in zip(off, shape))
-        dist = np.abs(emb[src] - emb[dst]).sum(axis=-1)
-        a = np.maximum((2 * delta - dist) / (2 * delta), 0.0) ** 2
-        out[k][src] = np.rint(a * 255.0).astype(np.uint8)
-    return out
+    vec = np.random.default_rng([seed, 999]).uniform(-3.0, 3.0, size=(int(labels.max()) + 1, dim))
+    return embedding_affinities(labels, offsets, rng, dim=dim, sigma=sigma, object_vectors=vec)
 
 
 def oracle_data(shape, *, seed: int = 1, noise: float = 0.1, kind: str = "synth", affinities: str = "embedding",

@@ -46,28 +46,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common as C  # noqa: E402
 
 METHODS = ("ours", "ours_region", "ours_region_ctx", "mwatershed")
 ALL_METHODS = ("ours", "ours_tile", "ours_hash", "ours_region", "ours_region_ctx", "mwatershed")
 #: extra context of ``ours_region_ctx``: the output box is the region shrunk by this
 CONTEXT = (4, 16, 16)
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def child(method: str, data: Path, save: bool) -> dict:
@@ -117,14 +102,14 @@ def child(method: str, data: Path, save: bool) -> dict:
             def run():
                 return mutex_watershed(affs, offsets, attractive, fg, tiebreak=tiebreak)
 
-    reset = _reset_peak()
-    rss0 = _status_kib("VmRSS")
+    reset = C.reset_peak()
+    rss0 = C.status_kib("VmRSS")
     c0 = time.process_time()
     t0 = time.perf_counter()
     labels = run()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    peak = _status_kib("VmHWM")
+    peak = C.status_kib("VmHWM")
     if save:
         np.save(data / f"labels_{method}.npy", np.asarray(labels))
     return {

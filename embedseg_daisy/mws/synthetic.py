@@ -59,20 +59,24 @@ def random_affinities(shape, num_channels, rng, dtype=np.uint8) -> np.ndarray:
     return rng.random(shape)
 
 
-def embedding_affinities(labels, offsets, rng, dim=6, sigma=0.1, smooth=2.0, delta=1.5) -> np.ndarray:
+def embedding_affinities(
+    labels, offsets, rng, dim=6, sigma=0.1, smooth=2.0, delta=1.5, object_vectors: np.ndarray | None = None
+) -> np.ndarray:
     """uint8 metric-graph affinities (Eq. 6 of the paper) from synthetic embeddings.
 
     Every object gets a random vector in [-3, 3]^dim; every voxel adds smooth Gaussian
     noise (std about ``sigma``, correlation ``smooth`` voxels); the affinity of an edge
     is ``max((2 delta - |e_p - e_q|_1) / (2 delta), 0) ** 2``.  Partners outside the
-    array get 0.
+    array get 0.  ``object_vectors`` (``(labels.max() + 1, dim)``) replaces the random
+    vectors, so pieces of one volume made separately agree on every object's vector.
     """
     labels = np.asarray(labels)
     shape = labels.shape
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 3)
     n = int(labels.max()) + 1
-    vec = rng.uniform(-3.0, 3.0, size=(n, dim)).astype(np.float32)
-    emb = vec[labels.astype(np.int64)]
+    if object_vectors is None:
+        object_vectors = rng.uniform(-3.0, 3.0, size=(n, dim))
+    emb = np.asarray(object_vectors, np.float32)[labels.astype(np.int64)]
     gain = 1.0 / max(np.sqrt(1.0 / (8 * np.pi**1.5 * smooth**3)), 1e-6) if smooth > 0 else 1.0
     for d in range(dim):
         noise = rng.normal(0.0, sigma, size=shape).astype(np.float32)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from ..offsets import max_reach
 from ..pipeline.stage import RunContext, Stage
+from ..volumes import prepare_volume
 
 #: output dataset names per graph ("mws" = the proposed method, "baseline")
 DATASETS = {
@@ -70,3 +72,16 @@ class GraphStage(Stage):
     @property
     def workers(self):
         return getattr(self.cfg, self.section)
+
+    def prepare_output(self, what: str, dtype=np.uint64, **kwargs) -> None:
+        """Create this graph's ``what`` dataset over the volume, chunked to the block grid
+        (idempotent; ``kwargs`` go to :func:`~embedseg_daisy.volumes.prepare_volume`)."""
+        prepare_volume(
+            self.run.output,
+            dataset(self.graph, what),
+            roi=self.run.volume_roi,
+            voxel_size=self.run.voxel_size,
+            dtype=dtype,
+            chunk_shape=self.block_shape,
+            **kwargs,
+        )

@@ -22,7 +22,6 @@ from funlib.geometry import Coordinate
 from ..fragments import fragment_table, global_fragment_ids
 from ..geometry import as_vec3
 from ..pipeline.stage import BlockInfo, RunContext, Stage
-from ..volumes import prepare_volume
 from .common import GraphStage, dataset, grown, reach_of
 
 
@@ -61,14 +60,7 @@ class Fragments(GraphStage):
             raise ConfigError(
                 f"segment.block_shape_vox {self.block_shape} must be at least the offsets' reach {reach} per axis"
             )
-        prepare_volume(
-            self.run.output,
-            dataset(self.graph, "fragments"),
-            roi=self.run.volume_roi,
-            voxel_size=self.run.voxel_size,
-            dtype=np.uint64,
-            chunk_shape=self.block_shape,
-        )
+        self.prepare_output("fragments")
 
     def setup(self) -> None:
         from ..store import open_store

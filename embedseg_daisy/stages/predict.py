@@ -15,7 +15,6 @@ from funlib.geometry import Coordinate, Roi
 from ..errors import InputError
 from ..geometry import as_vec3
 from ..pipeline.stage import BlockInfo, RunContext, Stage
-from ..volumes import prepare_volume
 from .common import GraphStage, dataset
 
 
@@ -80,26 +79,14 @@ class Predict(GraphStage):
 
     def prepare(self) -> None:
         offsets = self.offsets()
-        prepare_volume(
-            self.run.output,
-            dataset(self.graph, "affinities"),
-            roi=self.run.volume_roi,
-            voxel_size=self.run.voxel_size,
-            dtype=np.uint8,
-            chunk_shape=self.block_shape,
+        self.prepare_output(
+            "affinities",
+            np.uint8,
             channels=len(offsets),
             attrs={"offsets": [list(o) for o in offsets], "encoding": "uint8: affinity * 255, edge (p, p + offset)"},
         )
         if self.graph == "mws":
-            prepare_volume(
-                self.run.output,
-                dataset(self.graph, "mask"),
-                roi=self.run.volume_roi,
-                voxel_size=self.run.voxel_size,
-                dtype=np.uint8,
-                chunk_shape=self.block_shape,
-                attrs={"encoding": "uint8: background probability * 255"},
-            )
+            self.prepare_output("mask", np.uint8, attrs={"encoding": "uint8: background probability * 255"})
 
     def setup(self) -> None:
         import torch

@@ -7,7 +7,6 @@ import numpy as np
 from ..fragment_graph import map_ids
 from ..geometry import as_vec3, grid_shape
 from ..pipeline.stage import BlockInfo, RunContext, Stage
-from ..volumes import prepare_volume
 from .agglomerate import chase_lookups, num_levels
 from .common import GraphStage, dataset
 
@@ -31,14 +30,7 @@ class Relabel(GraphStage):
         return [dataset(self.graph, "segmentation")]
 
     def prepare(self) -> None:
-        prepare_volume(
-            self.run.output,
-            dataset(self.graph, "segmentation"),
-            roi=self.run.volume_roi,
-            voxel_size=self.run.voxel_size,
-            dtype=np.uint64,
-            chunk_shape=self.block_shape,
-        )
+        self.prepare_output("segmentation")
 
     def setup(self) -> None:
         from ..store import open_store
@@ -78,14 +70,7 @@ class RelabelMEA(GraphStage):
         return [dataset(self.graph, "segmentation_mea")]
 
     def prepare(self) -> None:
-        prepare_volume(
-            self.run.output,
-            dataset(self.graph, "segmentation_mea"),
-            roi=self.run.volume_roi,
-            voxel_size=self.run.voxel_size,
-            dtype=np.uint64,
-            chunk_shape=self.block_shape,
-        )
+        self.prepare_output("segmentation_mea")
 
     def setup(self) -> None:
         from ..store import open_store
