@@ -5,9 +5,10 @@
 
 Each ``LEVEL:Z,Y,X`` (region index at that level) runs in a fresh process:
 ``setup`` then ``process`` of that region exactly as a worker does (the region's rows
-are replaced with identical ones, so the run is left as it was).  Reported: the rows
-of fragment edges the region reads, seconds, and the process's peak RSS (``VmHWM``)
-over its RSS after setup.  Results: ``benchmarks/results/agglomerate_memory.json`` and a
+are replaced with identical ones, so the run is left as it was).  Reported: whether the
+level is exact or local, the nodes and edges of the region's graph (and the open clusters
+it passes up), seconds, and the process's peak RSS (``VmHWM``) over its RSS after setup,
+also per edge.  Results: ``benchmarks/results/agglomerate_memory.json`` and a
 line in BENCHMARKS.md.
 """
 
@@ -42,6 +43,7 @@ def child(config: str, level: int, index: tuple[int, int, int]) -> dict:
     stage.process(info)
     return {
         "level": level, "region": list(index), "levels": stage.levels, "blocks_in_region": int((hi - lo).prod()),
+        "local": stage.local, **stage.graph_size,
         "seconds": time.perf_counter() - t, "rss_after_setup_mib": base / 1024,
         "peak_mib": C.status_kib("VmHWM") / 1024, "peak_over_setup_mib": (C.status_kib("VmHWM") - base) / 1024,
     }
@@ -62,12 +64,16 @@ def main(argv=None) -> int:
     for spec in args.regions:
         level, index = spec.split(":")
         r = C.child([__file__, args.config, "--child", level, index])
-        print(f"  L{r['level']} region {r['region']} ({r['blocks_in_region']} blocks): {r['seconds']:.1f} s, "
-              f"peak {r['peak_mib']:.0f} MiB (+{r['peak_over_setup_mib']:.0f} over setup)", flush=True)
+        r["bytes_per_edge_over_setup"] = r["peak_over_setup_mib"] * 2**20 / max(r["edges"], 1)
+        print(f"  L{r['level']} region {r['region']} ({r['blocks_in_region']} blocks, "
+              f"{'local' if r['local'] else 'exact'}): {r['nodes']} nodes, {r['edges']} edges, "
+              f"{r['open_clusters']} open clusters; {r['seconds']:.1f} s, peak {r['peak_mib']:.0f} MiB "
+              f"(+{r['peak_over_setup_mib']:.0f} over setup, {r['bytes_per_edge_over_setup']:.0f} B/edge)", flush=True)
         rows.append(r)
     report = {"benchmark": "agglomerate peak memory per region and level", "command": C.command_line(),
               "machine": C.machine(), "config": args.config, "regions": rows}
-    headline = "; ".join(f"L{r['level']} {r['region']}: {r['peak_mib']:.0f} MiB, {r['seconds']:.0f} s" for r in rows)
+    headline = "; ".join(f"L{r['level']} {r['region']} ({'local' if r['local'] else 'exact'}, {r['edges']} edges): "
+                         f"{r['peak_mib']:.0f} MiB, {r['seconds']:.0f} s" for r in rows)
     C.save("agglomerate_memory", report, headline, out=args.out)
     return 0
 

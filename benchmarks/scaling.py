@@ -80,12 +80,18 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--kind", choices=["synth", "voronoi"], default="synth")
     ap.add_argument("--affinities", choices=["embedding", "label"], default="embedding")
+    ap.add_argument("--exact-region-vox", default="default",
+                    help="agglomerate.exact_region_vox: an integer, 'none' (exact at every level) or "
+                         "'default' (the config default)")
     ap.add_argument("--keep", action="store_true", help="keep each run's output (default: delete after measuring)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
     block = tuple(int(v) for v in args.block.split("x"))
-    report = {"benchmark": "scaling 10^6..10^8 voxels", "command": C.command_line(), "machine": C.machine(),
+    extra = {"contacts.shards": 4}
+    if args.exact_region_vox != "default":
+        extra["agglomerate.exact_region_vox"] = None if args.exact_region_vox == "none" else int(args.exact_region_vox)
+    report = {"exact_region_vox": extra.get("agglomerate.exact_region_vox", "default"), "benchmark": "scaling 10^6..10^8 voxels", "command": C.command_line(), "machine": C.machine(),
               "block": list(block), "workers": args.workers, "repeats": args.repeats, "stages": STAGES,
               "affinities": args.affinities, "kind": args.kind, "volumes": []}
     for s in args.shapes:
@@ -96,7 +102,7 @@ def main(argv=None):
         for rep in range(args.repeats):
             run_dir = C.WORK / "scaling" / f"{'x'.join(map(str, shape))}"
             config = C.run_config(data, run_dir, f"scaling-{rep}", block=block, stages=STAGES, workers=args.workers,
-                                  extra={"contacts.shards": 4})
+                                  extra=extra)
             r = C.run_pipeline(config, interval_s=0.5)
             r["blocks"] = C.block_records(config, r["started_epoch"])
             r["rows"] = C.store_report(config)

@@ -249,6 +249,15 @@ class AgglomerateConfig(WorkersConfig):
     fanout: PositiveVec3 = Field(
         (2, 2, 2), description="blocks per region per axis at each level of the hierarchy"
     )
+    exact_region_vox: int | None = Field(
+        2**24,
+        ge=0,
+        description="largest region (voxels) agglomerated with the exact rules: the result is the "
+        "whole-volume Mutex Watershed whatever the block size, but an exact region's memory grows with its "
+        "volume. Larger regions, except the last, decide locally (a plain graph MWS over the region; only "
+        "clusters with an attractive edge leaving it stay open), so memory follows region surfaces; "
+        "approximate, see docs/design.md. null: exact at every level",
+    )
 
 
 class RelabelConfig(WorkersConfig):

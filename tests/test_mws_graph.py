@@ -9,6 +9,7 @@ import pytest
 from embedseg_daisy.mws import (
     contract_edges,
     graph_mutex_watershed,
+    local_region_clusters,
     mutex_watershed,
     mutex_watershed_region,
     upward_edges,
@@ -256,3 +257,48 @@ def test_uncertain_mutex_stays_uncertain_through_merges():
     assert frozen.tolist() == [True, True, True, True, False, False, False, False]
     roots, ref_frozen = reference_region_mws(8, u, v, keys, att, inside)
     assert same_partition(cluster, roots) and np.array_equal(frozen, ref_frozen)
+
+
+# ---------------------------------------------------------------- local rule (large regions)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_local_rule_is_plain_mws_of_the_region(seed):
+    """Region clusters are the plain MWS of the region's internal edges (edges leaving
+    it ignored); a cluster is open iff one of its nodes has an attractive edge to a
+    node outside the region."""
+    rng = np.random.default_rng(200 + seed)
+    n, m = 300, 1500
+    u, v, keys, att = random_graph(rng, n, m, p_att=0.6)
+    region = rng.random(n) < 0.5
+    cluster, is_open = local_region_clusters(n, u, v, keys, att, region)
+
+    keep = region[u] & region[v]
+    plain, _ = graph_mutex_watershed(n, u[keep], v[keep], keys[keep], att[keep])
+    idx = np.flatnonzero(region)
+    assert same_partition(cluster[idx], plain[idx])
+    for c in np.unique(cluster[idx]):
+        assert c == idx[cluster[idx] == c].min()  # id: smallest node of the cluster
+    assert np.all(cluster[~region] == np.flatnonzero(~region))
+    leaving = att & (region[u] != region[v])
+    inner = np.where(region[u], u, v)[leaving]
+    expected_open = np.isin(cluster, cluster[inner]) & region
+    assert np.array_equal(is_open, expected_open)
+    assert is_open.any() and not is_open.all()
+
+
+def test_local_rule_commits_what_the_exact_rule_defers():
+    """Region {0, 1, 2}, outside {3}.  Order: 0-3 attractive (leaves), 1-3 attractive
+    (leaves), 0-1 attractive, 2-3 repulsive (leaves).  The exact rule freezes 0 and 1 and
+    defers their merge (outside, 3 might repel one of them); the local rule merges them
+    and keeps the pair open, while 2, with only a repulsive edge out, is final."""
+    u = np.array([0, 1, 0, 2])
+    v = np.array([3, 3, 1, 3])
+    keys = np.array([40, 30, 20, 10], np.uint64)
+    att = np.array([True, True, True, False])
+    region = np.array([True, True, True, False])
+    exact, frozen = graph_mutex_watershed(4, u, v, keys, att, region)
+    assert exact.tolist() == [0, 1, 2, 3] and frozen.tolist() == [True, True, False, False]
+    cluster, is_open = local_region_clusters(4, u, v, keys, att, region)
+    assert cluster.tolist() == [0, 0, 2, 3]
+    assert is_open.tolist() == [True, True, False, False]

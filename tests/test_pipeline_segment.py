@@ -11,7 +11,7 @@ import pytest
 
 from embedseg_daisy.config import load_config, results_hash
 from embedseg_daisy.evaluation.metrics import variation_of_information
-from embedseg_daisy.mws import mutex_watershed
+from embedseg_daisy.mws import blockwise_mutex_watershed, mutex_watershed
 from embedseg_daisy.pipeline.driver import execute
 from embedseg_daisy.stages.fragments import foreground_from_mask
 from embedseg_daisy.store import open_store
@@ -29,8 +29,10 @@ def volume(tmp_path_factory):
     return tmp, labels
 
 
-def run_oracle(tmp, labels, name, block, *, fanout=(2, 2, 2), noise=0.1):
-    data = segment_config(tmp, name, block, agglomerate__fanout=list(fanout))
+def run_oracle(tmp, labels, name, block, *, fanout=(2, 2, 2), noise=0.1, exact_region_vox=2**24):
+    data = segment_config(
+        tmp, name, block, agglomerate__fanout=list(fanout), agglomerate__exact_region_vox=exact_region_vox
+    )
     path = write_config(tmp / f"{name}.json", data)
     cfg = load_config(path)
     claim_output(cfg.output.container, cfg.name, results_hash(cfg))
@@ -52,6 +54,8 @@ def runs(volume):
         "one": run_oracle(tmp, labels, "one", SHAPE),
         "small": run_oracle(tmp, labels, "small", (4, 32, 32)),
         "odd": run_oracle(tmp, labels, "odd", (5, 40, 28), fanout=(2, 3, 2)),
+        # every level below the top decides locally (any region holds > 0 voxels)
+        "local": run_oracle(tmp, labels, "local", (4, 32, 32), exact_region_vox=0),
     }
 
 
@@ -65,6 +69,35 @@ def test_blockwise_equals_whole_volume_mws(volume, runs):
     for key in ("one", "small", "odd"):
         seg = read(runs[key][0], "segmentation")
         assert np.array_equal(seg, expected), f"{key}: blockwise segmentation differs from the whole-volume MWS"
+
+
+def test_local_levels_match_the_in_memory_reference(volume, runs):
+    """Above ``exact_region_vox`` the hierarchy decides locally: the pipeline (daisy,
+    store, lookups) must give exactly what the in-memory driver gives with the same
+    rule, and on oracle affinities that stays within a hair of the exact result."""
+    cfg, _ = runs["local"]
+    affs = read(cfg, "affinities")
+    fg = foreground_from_mask(read(cfg, "mask"), cfg.segment.theta_mask)
+    attractive = [True] * 3 + [False] * 9
+    ref = blockwise_mutex_watershed(
+        affs, OFFSETS, attractive, fg, block_shape=(4, 32, 32), context=tuple(cfg.segment.context_vox),
+        exact_region_vox=0,
+    )
+    seg = read(cfg, "segmentation")
+    assert np.array_equal(seg, ref.labels)
+    exact = read(runs["small"][0], "segmentation")
+    vi = variation_of_information(exact, seg, ignore_gt=())
+    assert vi.split + vi.merge <= 0.01, vi
+
+
+def test_local_levels_pass_up_only_open_clusters(volume, runs):
+    """The memory bound: under the local rule a region passes up only clusters with an
+    attractive edge leaving it, far fewer than the exact rule's frozen clusters."""
+    counts = {}
+    for key in ("small", "local"):
+        store = open_store(runs[key][0])
+        counts[key] = store.count("level_edges")
+    assert counts["local"] * 5 < counts["small"], counts
 
 
 def test_small_blocks_really_split_objects(volume, runs):

@@ -193,6 +193,29 @@ def test_resume_continues_from_saved_step(tmp_path, volumes):
     assert train(cfg, resume=True).step == 10
 
 
+def test_init_checkpoint_starts_from_its_weights(tmp_path, volumes):
+    first = tmp_path / "first"
+    train(_cfg(volumes, first, steps=4, val_every=0))
+    # zero steps of training would be the weights themselves: compare the first loss
+    tuned = tmp_path / "tuned"
+    train(_cfg(volumes, tuned, steps=4, val_every=0, init_checkpoint=str(first / "model.pt")))
+    fresh = tmp_path / "fresh"
+    train(_cfg(volumes, fresh, steps=4, val_every=0))
+    assert "initialised from" in (tuned / "train.log").read_text()
+    first_losses, _ = _train_losses(first)
+    tuned_losses, _ = _train_losses(tuned)
+    fresh_losses, _ = _train_losses(fresh)
+    # same seed and data: a fresh run repeats the first run's start, a tuned one does not
+    assert fresh_losses[0] == pytest.approx(first_losses[0])
+    assert tuned_losses[0] != pytest.approx(first_losses[0])
+    assert tuned_losses[0] < first_losses[0]
+    # a checkpoint of another model is refused with both models named
+    other = tmp_path / "other"
+    train(_cfg(volumes, other, kind="affinity", steps=2, validation=[], val_every=0))
+    with pytest.raises(ConfigError, match="init_checkpoint .*differs"):
+        train(_cfg(volumes, tmp_path / "bad", steps=2, val_every=0, init_checkpoint=str(other / "model.pt")))
+
+
 def test_cli(tmp_path, volumes, capsys):
     cfg = json.loads(_cfg(volumes, tmp_path / "cli", steps=3).model_dump_json())
     path = tmp_path / "c.json"

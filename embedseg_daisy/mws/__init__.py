@@ -2,13 +2,14 @@
 
 Voxel level: :func:`mutex_watershed` (plain) and :func:`mutex_watershed_region`
 (region mode with freezing -> fragments refining the global MWS).  Graph level:
-:func:`graph_mutex_watershed` with :func:`contract_edges` / :func:`upward_edges` for
-hierarchical agglomeration.  Edge order: :mod:`embedseg_daisy.mws.keys`.  In-memory
+:func:`graph_mutex_watershed` (exact region rules) and :func:`local_region_clusters`
+(local decisions with context, for large regions) with :func:`contract_edges` /
+:func:`upward_edges` for hierarchical agglomeration.  Edge order: :mod:`embedseg_daisy.mws.keys`.  In-memory
 reference of the whole blockwise scheme: :func:`blockwise_mutex_watershed`.
 """
 
 from .blockwise import BlockwiseResult, blockwise_mutex_watershed, voxel_fragment_edges
-from .graph import contract_edges, graph_mutex_watershed, upward_edges
+from .graph import contract_edges, graph_mutex_watershed, local_region_clusters, upward_edges
 from .keys import (
     DEFAULT_TIEBREAK,
     TIEBREAK_HASH,
@@ -32,6 +33,7 @@ __all__ = [
     "edge_keys",
     "graph_mutex_watershed",
     "key_priority",
+    "local_region_clusters",
     "mutex_watershed",
     "mutex_watershed_region",
     "mwatershed_reference",

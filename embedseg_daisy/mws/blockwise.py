@@ -15,7 +15,7 @@ import numpy as np
 
 from ..offsets import max_reach
 from . import keys as K
-from .graph import contract_edges, graph_mutex_watershed, upward_edges
+from .graph import contract_edges, graph_mutex_watershed, local_region_clusters, upward_edges
 from .voxel import mutex_watershed_region
 
 
@@ -73,9 +73,15 @@ def blockwise_mutex_watershed(
     fanout=2,
     tiebreak=K.DEFAULT_TIEBREAK,
     context=(0, 0, 0),
+    exact_region_vox=None,
 ) -> BlockwiseResult:
     """Exact blockwise MWS: region mode per block, then graph MWS over regions of
     ``fanout`` blocks per axis, level by level.
+
+    ``exact_region_vox``: as the pipeline's ``agglomerate.exact_region_vox``, levels
+    whose regions hold more voxels (all but the last) decide locally with
+    :func:`~embedseg_daisy.mws.graph.local_region_clusters`; ``None`` keeps every
+    level exact.
 
     The region of a block is the block grown by ``context`` (clipped to the volume);
     its array adds the offsets' reach.  Only the block's voxels are labelled; a fragment
@@ -136,7 +142,10 @@ def blockwise_mutex_watershed(
             inside = alive & (rid == r)
             m = inside[u] | inside[v]
             eu, ev, ek, ea = u[m], v[m], fk[m], fa[m]
-            cluster, frz = graph_mutex_watershed(n, eu, ev, ek, ea, inside)
+            if exact_region_vox is not None and np.prod(block_shape) * span**3 > exact_region_vox:
+                cluster, frz = local_region_clusters(n, eu, ev, ek, ea, inside)
+            else:
+                cluster, frz = graph_mutex_watershed(n, eu, ev, ek, ea, inside)
             new_rep[inside] = cluster[inside]
             still_frozen[inside] = frz[inside]
             up.append(upward_edges(eu, ev, ek, ea, cluster, frz, inside))

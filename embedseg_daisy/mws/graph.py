@@ -12,6 +12,10 @@ Region mode: ``node_inside`` marks the region.  An edge with both endpoints insi
 internal, one with one endpoint inside is a cross edge (its outside endpoint is never
 merged), edges with both endpoints outside are ignored.  The freezing rules are those
 of the voxel kernel, so applying this level by level (regions of regions) is exact.
+
+Local mode (:func:`local_region_clusters`): for regions too large for the exact rules
+(whose frozen clusters grow with the region's volume), a plain MWS over the region;
+approximate, with the graph a region passes up bounded by its surface.
 """
 
 from __future__ import annotations
@@ -107,3 +111,25 @@ def upward_edges(u, v, keys, is_attractive, cluster, frozen, node_inside):
     u = np.where(iu, cluster[u], u)
     v = np.where(iv, cluster[v], v)
     return contract_edges(u, v, keys, att)
+
+
+def local_region_clusters(num_nodes, u, v, keys, is_attractive, region):
+    """Local (approximate) decision for a region too large for the exact rules.
+
+    Plain graph MWS over the region's nodes (edges leaving the region ignored): every
+    merge it makes is committed.  A cluster is *open* when one of its nodes has an
+    attractive edge to a node outside the region -- only open clusters can still merge,
+    so they travel up a level; the others are final.  Returns ``(cluster, open)`` like
+    :func:`graph_mutex_watershed` (cluster id: smallest node index; outside nodes:
+    themselves, not open).
+    """
+    num_nodes = int(num_nodes)
+    u, v, keys, att = _as_edges(u, v, keys, is_attractive)
+    region = np.ascontiguousarray(region, dtype=np.bool_).reshape(-1)
+    ru, rv = region[u], region[v]
+    inner = ru & rv
+    cluster, _ = graph_mutex_watershed(num_nodes, u[inner], v[inner], keys[inner], att[inner])
+    leaving = att & (ru != rv)
+    is_open = np.zeros(num_nodes, dtype=np.bool_)
+    is_open[cluster[np.where(ru, u, v)[leaving]]] = True
+    return cluster, is_open[cluster] & region

@@ -7,13 +7,16 @@ region covers the volume.  A region's nodes are the clusters its children produc
 between two of a child's frozen clusters) and (b) fragment edges that cross between
 two children or leave the region, read straight from the fragment-edge contributions
 of the blocks along those faces and relabelled through the lookups of the levels
-below.  Each edge is therefore seen once per level, and a worker only ever holds a
-region's surface, never the volume.
+below.  Each edge is therefore seen once per level.
 
-The region runs the graph MWS with freezing: clusters reached by an attractive edge
-leaving the region first are frozen, and only merges the global MWS also makes are
-committed (see docs/design.md).  Writes ``lookups`` (node -> representative, only for
-nodes that change) and ``level_edges`` (edges between two frozen clusters).
+Regions of up to ``agglomerate.exact_region_vox`` voxels (and the last level) run the
+graph MWS with freezing: clusters reached by an attractive edge leaving the region
+first are frozen, and only merges the global MWS also makes are committed.  Frozen
+clusters include those held back by a frozen neighbour anywhere in the region, so an
+exact region's graph grows with its volume.  Larger regions decide locally: a plain
+graph MWS over the region, and only clusters with an attractive edge leaving the region
+stay open (see docs/design.md).  Writes ``lookups`` (node -> representative, only for nodes that
+change) and ``level_edges`` (edges between two frozen / open clusters).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from ..pipeline.stage import BlockInfo, RunContext, Stage
 from .common import stage_prefix
 
 _IN_CHUNK = 5000
+#: fragment-edge blocks read (and aggregated) at a time: bounds the rows held at once
+_BLOCKS_PER_READ = 16
 
 
 def num_levels(block_grid, fanout) -> int:
@@ -41,7 +46,7 @@ def num_levels(block_grid, fanout) -> int:
     return max(levels, 1)
 
 
-def chase_lookups(store, graph: str, ids: np.ndarray, up_to_level: int, cache: dict | None = None) -> np.ndarray:
+def chase_lookups(store, graph: str, ids: np.ndarray, up_to_level: int) -> np.ndarray:
     """Map ids through the lookups of levels 1..up_to_level (representatives)."""
     ids = np.asarray(ids, np.int64)
     for level in range(1, up_to_level + 1):
@@ -58,6 +63,11 @@ def chase_lookups(store, graph: str, ids: np.ndarray, up_to_level: int, cache: d
             values.append(rows["parent"])
         ids = map_ids(ids, np.concatenate(keys or [np.zeros(0, np.int64)]), np.concatenate(values or [np.zeros(0, np.int64)]))
     return ids
+
+
+def _cartesian(axes) -> np.ndarray:
+    """All (z, y, x) combinations of three index arrays, as an (N, 3) int64 array."""
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int64)
 
 
 class AgglomerateLevel(Stage):
@@ -132,25 +142,23 @@ class AgglomerateLevel(Stage):
         offs = np.asarray(self._edge_offsets(), np.int64).reshape(-1, 3)
         below = (offs > 0).any(axis=0).astype(np.int64)
         above = (offs < 0).any(axis=0).astype(np.int64)
-        glo = np.maximum(lo - below, 0)
-        ghi = np.minimum(hi + above, np.asarray(self.block_grid))
-        ranges = [range(a, b) for a, b in zip(glo, ghi)]
-        blocks = np.array(list(itertools.product(*ranges)), np.int64).reshape(-1, 3)
-        if self.level > 1:
-            # only blocks next to a child face (or outside the region) hold edges
-            # that cross children; edges inside one child come from its level_edges
-            child = self._region_index_of_blocks(blocks, self.level - 1)
-            inside = np.all((blocks >= lo) & (blocks < hi), axis=1)
-            near_face = ~inside
-            for delta in itertools.product((-1, 0, 1), repeat=3):
-                if delta == (0, 0, 0):
-                    continue
-                nb = blocks + np.asarray(delta)
-                valid = np.all((nb >= 0) & (nb < np.asarray(self.block_grid)), axis=1)
-                nb_child = self._region_index_of_blocks(nb, self.level - 1)
-                differs = np.any(nb_child != child, axis=1) & valid
-                near_face |= differs
-            blocks = blocks[near_face]
+        grid = np.asarray(self.block_grid)
+        ranges = [np.arange(a, b) for a, b in zip(np.maximum(lo - below, 0), np.minimum(hi + above, grid))]
+        if self.level == 1:
+            blocks = _cartesian(ranges)
+        else:
+            # only blocks next to a child face (or outside the region) hold edges that
+            # cross children; edges inside one child come from its level_edges.  Built
+            # axis by axis, so the work follows the faces, not the region's volume.
+            child = np.asarray(self._region_blocks(self.level - 1), np.int64)
+            slabs = []
+            for a, r in enumerate(ranges):
+                c = r // child[a]
+                near = (r < lo[a]) | (r >= hi[a])
+                near |= (r + 1 < grid[a]) & ((r + 1) // child[a] != c)
+                near |= (r > 0) & ((r - 1) // child[a] != c)
+                slabs.append(_cartesian([r[near] if b == a else ranges[b] for b in range(3)]))
+            blocks = np.unique(np.concatenate(slabs), axis=0)
         return [block_key(b) for b in blocks]
 
     # -- the block body ------------------------------------------------------------------
@@ -159,15 +167,44 @@ class AgglomerateLevel(Stage):
 
         self.store = open_store(self.cfg)
 
-    def _fragment_edges(self, keys: list[str]) -> EdgeTable:
+    @property
+    def local(self) -> bool:
+        """Whether this level decides locally (regions above ``exact_region_vox``, not the last)."""
+        cap = self.cfg.agglomerate.exact_region_vox
+        if self.graph != "mws" or cap is None or self.level == self.levels:
+            return False
+        return int(np.prod(np.asarray(self.block_shape, np.int64))) > cap
+
+    def _crossing_fragment_edges(self, lo: np.ndarray, hi: np.ndarray) -> EdgeTable:
+        """Fragment edges this level needs, relabelled to the clusters of the level below.
+
+        Read a few blocks at a time and aggregated as they come, so that memory follows
+        the (much smaller) set of cluster pairs, not the rows on the faces."""
+        keys = self._blocks_to_read(lo, hi)
         tables = []
-        for start in range(0, len(keys), _IN_CHUNK):
+        for start in range(0, len(keys), _BLOCKS_PER_READ):
             cols = self.store.find_arrays(
                 "fragment_edges",
-                {"graph": self.graph, "block": {"in": keys[start : start + _IN_CHUNK]}},
+                {"graph": self.graph, "block": {"in": keys[start : start + _BLOCKS_PER_READ]}},
                 fields=list(EDGE_FIELDS),
             )
-            tables.append(EdgeTable.from_columns(cols))
+            frag = EdgeTable.from_columns(cols)
+            if self.level > 1 and len(frag):
+                # edges inside one child come from its level_edges
+                cu = self._home_region(frag.u, self.level - 1)
+                cv = self._home_region(frag.v, self.level - 1)
+                frag = frag.take(np.any(cu != cv, axis=1))
+            if len(frag):
+                ends = chase_lookups(self.store, self.graph, np.concatenate([frag.u, frag.v]), self.level - 1)
+                frag = EdgeTable(
+                    ends[: len(frag)],
+                    ends[len(frag) :],
+                    frag.attr_key,
+                    frag.rep_key,
+                    frag.aff_sum,
+                    frag.aff_count,
+                ).aggregate()
+            tables.append(frag)
         return EdgeTable.concat(tables).aggregate()
 
     def _child_edges(self, lo: np.ndarray, hi: np.ndarray) -> EdgeTable:
@@ -188,52 +225,51 @@ class AgglomerateLevel(Stage):
         blocks = fragment_block_index(ids, self.run.volume_roi.shape, self.seg_block)
         return self._region_index_of_blocks(blocks, level)
 
+    def _in_blocks(self, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Whether each node's home block (the block of its smallest fragment) lies in [lo, hi)."""
+        blocks = fragment_block_index(ids, self.run.volume_roi.shape, self.seg_block)
+        return np.all((blocks >= lo) & (blocks < hi), axis=1)
+
     def process(self, block: BlockInfo):
         lo, hi = self._region_block_range(block)
-        region_index = self._region_index_of_blocks(lo[None], self.level)[0]
-        frag = self._fragment_edges(self._blocks_to_read(lo, hi))
-        if self.level > 1 and len(frag):
-            # keep fragment edges that cross children or leave the region
-            cu = self._home_region(frag.u, self.level - 1)
-            cv = self._home_region(frag.v, self.level - 1)
-            frag = frag.take(np.any(cu != cv, axis=1))
-        if len(frag):
-            frag = EdgeTable(
-                chase_lookups(self.store, self.graph, frag.u, self.level - 1),
-                chase_lookups(self.store, self.graph, frag.v, self.level - 1),
-                frag.attr_key,
-                frag.rep_key,
-                frag.aff_sum,
-                frag.aff_count,
-            )
-        edges = EdgeTable.concat([frag, self._child_edges(lo, hi) if self.level > 1 else EdgeTable.empty()]).aggregate()
+        edges = EdgeTable.concat(
+            [self._crossing_fragment_edges(lo, hi), self._child_edges(lo, hi) if self.level > 1 else EdgeTable.empty()]
+        ).aggregate()
         if len(edges):
             # edges with no endpoint in this region belong to a neighbour
-            in_u = np.all(self._home_region(edges.u, self.level) == region_index, axis=1)
-            in_v = np.all(self._home_region(edges.v, self.level) == region_index, axis=1)
-            edges = edges.take(in_u | in_v)
+            edges = edges.take(self._in_blocks(edges.u, lo, hi) | self._in_blocks(edges.v, lo, hi))
         nodes = np.unique(np.concatenate([edges.u, edges.v]))
-        inside = np.all(self._home_region(nodes, self.level) == region_index, axis=1) if len(nodes) else np.zeros(0, bool)
+        inside = self._in_blocks(nodes, lo, hi)
         reps, frozen = self._cluster(nodes, inside, edges)
+        # the size of the graph this worker held (benchmarks/agglomerate_memory.py reads it)
+        self.graph_size = {"nodes": int(len(nodes)), "edges": int(len(edges)), "region_nodes": int(inside.sum()),
+                           "open_clusters": int(len(np.unique(reps[inside & frozen])))}
         self._write(block, nodes, inside, reps, frozen, edges)
         return None
 
     def _cluster(self, nodes, inside, edges):
+        """Cluster representatives (smallest node id) and, per node, whether its cluster
+        stays open for the next level (frozen by the exact rules, or with an attractive
+        edge leaving the region under the local rule)."""
         if len(nodes) == 0:
             return nodes.copy(), np.zeros(0, bool)
         u = np.searchsorted(nodes, edges.u)
         v = np.searchsorted(nodes, edges.v)
-        local = EdgeTable(u, v, edges.attr_key, edges.rep_key, edges.aff_sum, edges.aff_count)
+        indexed = EdgeTable(u, v, edges.attr_key, edges.rep_key, edges.aff_sum, edges.aff_count)
         if self.graph == "baseline":
             from ..baseline.agglomeration import hierarchical_mean_affinity
 
             clusters, frozen = hierarchical_mean_affinity(
-                len(nodes), local.u, local.v, local.aff_sum, local.aff_count, inside, self.cfg.baseline.maa_threshold
+                len(nodes), indexed.u, indexed.v, indexed.aff_sum, indexed.aff_count, inside, self.cfg.baseline.maa_threshold
             )
+        elif self.local:
+            from ..mws import local_region_clusters
+
+            clusters, frozen = local_region_clusters(len(nodes), *typed_edges(indexed), inside)
         else:
             from ..mws import graph_mutex_watershed
 
-            eu, ev, keys, attractive = typed_edges(local)
+            eu, ev, keys, attractive = typed_edges(indexed)
             clusters, frozen = graph_mutex_watershed(len(nodes), eu, ev, keys, attractive, inside)
         clusters = np.asarray(clusters)
         # outside nodes never merge; keep them as their own clusters

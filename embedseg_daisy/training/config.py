@@ -100,6 +100,9 @@ class TrainConfig(_Strict):
     #: ran, else model.pt (e.g. "checkpoints/embedding_tiny.pt").
     export: Path | None = None
     progress: bool = True
+    #: Start a new run from these weights (fine-tuning; the optimiser starts fresh).
+    #: The checkpoint's model must be the config's model.  Ignored on ``--resume``.
+    init_checkpoint: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

@@ -231,6 +231,17 @@ def _train(cfg: TrainConfig, resume: bool, total_steps: int, dev: torch.device, 
     else:
         if resume:
             log.line(f"--resume: no {LATEST} in {out_dir}, starting from scratch", console=True)
+        if cfg.init_checkpoint is not None:
+            state = read_checkpoint(cfg.init_checkpoint)
+            saved = state["spec"]
+            if saved.model_dump(exclude={"training"}) != spec.model_dump(exclude={"training"}):
+                raise ConfigError(
+                    f"init_checkpoint {cfg.init_checkpoint}: its model ({saved.kind}, {saved.preset}, widths "
+                    f"{list(saved.widths)}) differs from the config's ({spec.kind}, {spec.preset}, widths "
+                    f"{list(spec.widths)})"
+                )
+            model.load_state_dict(state["state_dict"])
+            log.line(f"initialised from {cfg.init_checkpoint}", console=True)
         log.metrics.write_text("")
         history = []
     (out_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
