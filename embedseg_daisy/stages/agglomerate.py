@@ -189,6 +189,10 @@ class AgglomerateLevel(Stage):
                 fields=list(EDGE_FIELDS),
             )
             frag = EdgeTable.from_columns(cols)
+            if len(frag):
+                # edges with no end in the region belong to a neighbour (a fragment and
+                # its cluster at any level share a region, so this can be decided first)
+                frag = frag.take(self._in_blocks(frag.u, lo, hi) | self._in_blocks(frag.v, lo, hi))
             if self.level > 1 and len(frag):
                 # edges inside one child come from its level_edges
                 cu = self._home_region(frag.u, self.level - 1)
@@ -235,9 +239,6 @@ class AgglomerateLevel(Stage):
         edges = EdgeTable.concat(
             [self._crossing_fragment_edges(lo, hi), self._child_edges(lo, hi) if self.level > 1 else EdgeTable.empty()]
         ).aggregate()
-        if len(edges):
-            # edges with no endpoint in this region belong to a neighbour
-            edges = edges.take(self._in_blocks(edges.u, lo, hi) | self._in_blocks(edges.v, lo, hi))
         nodes = np.unique(np.concatenate([edges.u, edges.v]))
         inside = self._in_blocks(nodes, lo, hi)
         reps, frozen = self._cluster(nodes, inside, edges)
