@@ -3,7 +3,8 @@
     python benchmarks/agglomerate_memory.py benchmarks/work/scaling/96x1024x1024/config.json \
         --regions 1:1,1,1 2:0,0,0 3:0,0,0
 
-Each ``LEVEL:Z,Y,X`` (region index at that level) runs in a fresh process:
+Each ``LEVEL:Z,Y,X`` (region index at that level; ``LEVEL_tiles`` for a tile of a tiled
+last level, whose ``LEVEL`` is then the components step) runs in a fresh process:
 ``setup`` then ``process`` of that region exactly as a worker does (the region's rows
 are replaced with identical ones, so the run is left as it was).  Reported: whether the
 level is exact or local, the nodes and edges of the region's graph (and the open clusters
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
-def child(config: str, level: int, index: tuple[int, int, int]) -> dict:
+def child(config: str, level: str, index: tuple[int, int, int]) -> dict:
     from funlib.geometry import Coordinate, Roi
 
     from embedseg_daisy.config import load_config
@@ -32,7 +33,7 @@ def child(config: str, level: int, index: tuple[int, int, int]) -> dict:
     from embedseg_daisy.stages.agglomerate import stages
 
     run = RunContext(load_config(config))
-    stage = stages(run, "mws")[level - 1]
+    stage = next(s for s in stages(run, "mws") if s.stage_id == f"agglomerate_L{level}")
     stage.setup()
     base = C.status_kib("VmRSS")
     shape = Coordinate(stage.block_shape)
@@ -42,7 +43,8 @@ def child(config: str, level: int, index: tuple[int, int, int]) -> dict:
     t = time.perf_counter()
     stage.process(info)
     return {
-        "level": level, "region": list(index), "levels": stage.levels, "blocks_in_region": int((hi - lo).prod()),
+        "level": level, "stage": type(stage).__name__, "region": list(index), "levels": stage.levels,
+        "blocks_in_region": int((hi - lo).prod()),
         "local": stage.local, **stage.graph_size,
         "seconds": time.perf_counter() - t, "rss_after_setup_mib": base / 1024,
         "peak_mib": C.status_kib("VmHWM") / 1024, "peak_over_setup_mib": (C.status_kib("VmHWM") - base) / 1024,
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         level, index = args.child
-        print(json.dumps(child(args.config, int(level), tuple(int(v) for v in index.split(",")))))
+        print(json.dumps(child(args.config, level, tuple(int(v) for v in index.split(",")))))
         return 0
     rows = []
     for spec in args.regions:
@@ -66,8 +68,8 @@ def main(argv=None) -> int:
         r = C.child([__file__, args.config, "--child", level, index])
         r["bytes_per_edge_over_setup"] = r["peak_over_setup_mib"] * 2**20 / max(r["edges"], 1)
         print(f"  L{r['level']} region {r['region']} ({r['blocks_in_region']} blocks, "
-              f"{'local' if r['local'] else 'exact'}): {r['nodes']} nodes, {r['edges']} edges, "
-              f"{r['open_clusters']} open clusters; {r['seconds']:.1f} s, peak {r['peak_mib']:.0f} MiB "
+              f"{'local' if r['local'] else 'exact'}, {r['stage']}): {r['nodes']} nodes, {r['edges']} edges, "
+              f"{r.get('open_clusters', '-')} open clusters; {r['seconds']:.1f} s, peak {r['peak_mib']:.0f} MiB "
               f"(+{r['peak_over_setup_mib']:.0f} over setup, {r['bytes_per_edge_over_setup']:.0f} B/edge)", flush=True)
         rows.append(r)
     report = {"benchmark": "agglomerate peak memory per region and level", "command": C.command_line(),

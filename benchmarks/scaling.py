@@ -83,6 +83,8 @@ def main(argv=None):
     ap.add_argument("--exact-region-vox", default="default",
                     help="agglomerate.exact_region_vox: an integer, 'none' (exact at every level) or "
                          "'default' (the config default)")
+    ap.add_argument("--last-level-tile-blocks", default=None,
+                    help="agglomerate.last_level_tile_blocks as Z,Y,X (default: one last region)")
     ap.add_argument("--keep", action="store_true", help="keep each run's output (default: delete after measuring)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -91,7 +93,10 @@ def main(argv=None):
     extra = {"contacts.shards": 4}
     if args.exact_region_vox != "default":
         extra["agglomerate.exact_region_vox"] = None if args.exact_region_vox == "none" else int(args.exact_region_vox)
-    report = {"exact_region_vox": extra.get("agglomerate.exact_region_vox", "default"), "benchmark": "scaling 10^6..10^8 voxels", "command": C.command_line(), "machine": C.machine(),
+    if args.last_level_tile_blocks:
+        extra["agglomerate.last_level_tile_blocks"] = [int(v) for v in args.last_level_tile_blocks.split(",")]
+    report = {"exact_region_vox": extra.get("agglomerate.exact_region_vox", "default"),
+              "last_level_tile_blocks": extra.get("agglomerate.last_level_tile_blocks"), "benchmark": "scaling 10^6..10^8 voxels", "command": C.command_line(), "machine": C.machine(),
               "block": list(block), "workers": args.workers, "repeats": args.repeats, "stages": STAGES,
               "affinities": args.affinities, "kind": args.kind, "volumes": []}
     for s in args.shapes:

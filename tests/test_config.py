@@ -48,6 +48,7 @@ def test_defaults_are_the_papers():
         ({"offsets.attractive": [[0, 0, -1]]}, "offsets"),
         ({"predict.launcher": {"kind": "docker"}}, "predict.launcher"),
         ({"segment.workers": 0}, "segment.workers"),
+        ({"agglomerate.last_level_tile_blocks": [0, 2, 2]}, "agglomerate.last_level_tile_blocks"),
     ],
 )
 def test_bad_values_name_the_field(patch, field):

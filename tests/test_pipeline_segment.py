@@ -29,9 +29,10 @@ def volume(tmp_path_factory):
     return tmp, labels
 
 
-def run_oracle(tmp, labels, name, block, *, fanout=(2, 2, 2), noise=0.1, exact_region_vox=2**24):
+def run_oracle(tmp, labels, name, block, *, fanout=(2, 2, 2), noise=0.1, exact_region_vox=2**24, tiles=None):
     data = segment_config(
-        tmp, name, block, agglomerate__fanout=list(fanout), agglomerate__exact_region_vox=exact_region_vox
+        tmp, name, block, agglomerate__fanout=list(fanout), agglomerate__exact_region_vox=exact_region_vox,
+        agglomerate__last_level_tile_blocks=tiles,
     )
     path = write_config(tmp / f"{name}.json", data)
     cfg = load_config(path)
@@ -56,6 +57,10 @@ def runs(volume):
         "odd": run_oracle(tmp, labels, "odd", (5, 40, 28), fanout=(2, 3, 2)),
         # every level below the top decides locally (any region holds > 0 voxels)
         "local": run_oracle(tmp, labels, "local", (4, 32, 32), exact_region_vox=0),
+        # the same with the last level split into tiles: one tile covering the 3x3x3
+        # blocks, and one tile per block
+        "one_tile": run_oracle(tmp, labels, "one_tile", (4, 32, 32), exact_region_vox=0, tiles=[3, 3, 3]),
+        "tiles": run_oracle(tmp, labels, "tiles", (4, 32, 32), exact_region_vox=0, tiles=[1, 1, 1]),
     }
 
 
@@ -88,6 +93,43 @@ def test_local_levels_match_the_in_memory_reference(volume, runs):
     exact = read(runs["small"][0], "segmentation")
     vi = variation_of_information(exact, seg, ignore_gt=())
     assert vi.split + vi.merge <= 0.01, vi
+
+
+def test_tiled_last_level(volume, runs):
+    """A tiled last level: one tile over the whole volume reproduces the untiled last
+    level voxel for voxel (every crossing edge owned by exactly one tile, the passed-up
+    edges found by node); one tile per block stays close to it on oracle affinities, and
+    its lookups come from the components step, not from a whole-volume graph."""
+    local = read(runs["local"][0], "segmentation")
+    assert np.array_equal(read(runs["one_tile"][0], "segmentation"), local)
+    cfg, _ = runs["tiles"]
+    seg = read(cfg, "segmentation")
+    vi = variation_of_information(local, seg, ignore_gt=())
+    assert vi.split + vi.merge <= 0.01, vi
+    store = open_store(cfg)
+    stages = {r["stage"]: r for r in store.find("stages")}
+    assert stages["agglomerate_L2_tiles"]["total_blocks"] == 27
+    assert stages["agglomerate_L2"]["total_blocks"] == 1
+    merges = store.find_columns("tile_merges", {"graph": "mws", "level": 2}, fields=["region"])
+    assert len(set(merges["region"])) > 1  # merges really come from several tiles
+    assert len(np.unique(seg)) < len(np.unique(read(cfg, "fragments")))
+
+
+def test_tiled_last_level_rerun_changes_nothing(volume, runs):
+    cfg, path = runs["tiles"]
+    store = open_store(cfg)
+    before = {c: store.count(c) for c in ("lookups", "tile_merges", "level_edges")}
+    lookups = store.find_arrays("lookups", {"graph": "mws", "level": 2}, fields=["node", "parent"])
+    seg_before = read(cfg, "segmentation")
+    store.reset_blocks("agglomerate_L2_tiles", ["0_0_0", "1_1_1", "2_2_2"])
+    store.reset_blocks("agglomerate_L2", ["0_0_0"])
+    store.reset_blocks("relabel", ["1_1_1"])
+    outcome = execute(str(path), cfg, progress=False)
+    assert outcome.ok, outcome.messages
+    assert {c: store.count(c) for c in before} == before
+    after = store.find_arrays("lookups", {"graph": "mws", "level": 2}, fields=["node", "parent"])
+    assert sorted(zip(after["node"], after["parent"])) == sorted(zip(lookups["node"], lookups["parent"]))
+    assert np.array_equal(read(cfg, "segmentation"), seg_before)
 
 
 def test_local_levels_pass_up_only_open_clusters(volume, runs):

@@ -47,7 +47,7 @@ def stages_for(run: RunContext, name: str) -> list[Stage]:
 
 def build_stage(run: RunContext, stage_id: str) -> Stage:
     """The stage object with a given id (as used for daisy tasks and store records)."""
-    name = re.sub(r"_L\d+$", "", stage_id)
+    name = re.sub(r"_L\d+(_tiles)?$", "", stage_id)
     for stage in stages_for(run, name):
         if stage.stage_id == stage_id:
             return stage

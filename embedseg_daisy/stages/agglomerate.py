@@ -128,7 +128,7 @@ class AgglomerateLevel(Stage):
 
         return list(BASELINE_NEAREST) + list(BASELINE_LONG_RANGE)
 
-    def _blocks_to_read(self, lo: np.ndarray, hi: np.ndarray) -> list[str]:
+    def _blocks_to_read(self, lo: np.ndarray, hi: np.ndarray, owned_only: bool = False) -> list[str]:
         """Blocks whose fragment-edge contributions can hold edges this region needs.
 
         An edge ``(p, p + o)`` is stored by the block of its owner voxel ``p`` and
@@ -138,10 +138,13 @@ class AgglomerateLevel(Stage):
         some has ``o_a < 0`` (offsets reach less than a block).  Reading just those
         neighbours instead of the whole ring reads the same rows that survive the
         region filter below (with the paper's offsets, 36 instead of 64 blocks for a
-        2x2x2 region)."""
+        2x2x2 region).  ``owned_only``: just the blocks in [lo, hi) (a tile takes the edges
+        its blocks own, whichever tile their ends lie in)."""
         offs = np.asarray(self._edge_offsets(), np.int64).reshape(-1, 3)
         below = (offs > 0).any(axis=0).astype(np.int64)
         above = (offs < 0).any(axis=0).astype(np.int64)
+        if owned_only:
+            below = above = np.zeros(3, np.int64)
         grid = np.asarray(self.block_grid)
         ranges = [np.arange(a, b) for a, b in zip(np.maximum(lo - below, 0), np.minimum(hi + above, grid))]
         if self.level == 1:
@@ -175,12 +178,13 @@ class AgglomerateLevel(Stage):
             return False
         return int(np.prod(np.asarray(self.block_shape, np.int64))) > cap
 
-    def _crossing_fragment_edges(self, lo: np.ndarray, hi: np.ndarray) -> EdgeTable:
+    def _crossing_fragment_edges(self, lo: np.ndarray, hi: np.ndarray, owned_only: bool = False) -> EdgeTable:
         """Fragment edges this level needs, relabelled to the clusters of the level below.
 
         Read a few blocks at a time and aggregated as they come, so that memory follows
-        the (much smaller) set of cluster pairs, not the rows on the faces."""
-        keys = self._blocks_to_read(lo, hi)
+        the (much smaller) set of cluster pairs, not the rows on the faces.  ``owned_only``:
+        the edges stored by the blocks in [lo, hi), wherever their ends lie (tiles)."""
+        keys = self._blocks_to_read(lo, hi, owned_only)
         tables = []
         for start in range(0, len(keys), _BLOCKS_PER_READ):
             cols = self.store.find_arrays(
@@ -189,7 +193,7 @@ class AgglomerateLevel(Stage):
                 fields=list(EDGE_FIELDS),
             )
             frag = EdgeTable.from_columns(cols)
-            if len(frag):
+            if len(frag) and not owned_only:
                 # edges with no end in the region belong to a neighbour (a fragment and
                 # its cluster at any level share a region, so this can be decided first)
                 frag = frag.take(self._in_blocks(frag.u, lo, hi) | self._in_blocks(frag.v, lo, hi))
@@ -308,11 +312,150 @@ class AgglomerateLevel(Stage):
         )
 
 
+class AgglomerateTiles(AgglomerateLevel):
+    """The last level of a large volume, decided per tile (``last_level_tile_blocks``).
+
+    A tile takes the fragment edges its blocks own that cross between regions of the
+    level below, relabelled to that level's open clusters, plus the edges those clusters
+    passed up among themselves, and runs a plain graph MWS over them.  Every crossing
+    edge belongs to one tile, so tiles run in parallel and each holds a graph bounded by
+    its size; :class:`AgglomerateComponents` joins their merges.  Only used when the level
+    below is local (its passed-up clusters all have an attractive edge out of their
+    region, so each appears in a crossing edge)."""
+
+    @property
+    def stage_id(self) -> str:
+        return f"{stage_prefix(self.graph)}agglomerate_L{self.level}_tiles"
+
+    @property
+    def block_shape(self):
+        return as_vec3(b * t for b, t in zip(self.seg_block, self.cfg.agglomerate.last_level_tile_blocks))
+
+    @property
+    def context(self):
+        # the ends of an owned edge lie within one block of the tile, and their clusters
+        # (lookups and passed-up edges of the level below) belong to the regions there
+        return self.seg_block
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    def _edges_among(self, nodes: np.ndarray) -> EdgeTable:
+        """Edges the level below passed up between two of ``nodes`` (sorted)."""
+        tables = []
+        for start in range(0, len(nodes), _IN_CHUNK):
+            cols = self.store.find_arrays(
+                "level_edges",
+                {"graph": self.graph, "level": self.level - 1, "u": {"in": nodes[start : start + _IN_CHUNK].tolist()}},
+                fields=list(EDGE_FIELDS),
+            )
+            rows = EdgeTable.from_columns(cols)
+            pos = np.minimum(np.searchsorted(nodes, rows.v), len(nodes) - 1)
+            tables.append(rows.take(nodes[pos] == rows.v))
+        return EdgeTable.concat(tables)
+
+    def process(self, block: BlockInfo):
+        lo, hi = self._region_block_range(block)
+        crossing = self._crossing_fragment_edges(lo, hi, owned_only=True)
+        nodes = np.unique(np.concatenate([crossing.u, crossing.v]))
+        edges = EdgeTable.concat([crossing, self._edges_among(nodes)]).aggregate()
+        reps = nodes.copy()
+        if len(nodes):
+            from ..mws import graph_mutex_watershed
+
+            u = np.searchsorted(nodes, edges.u)
+            v = np.searchsorted(nodes, edges.v)
+            indexed = EdgeTable(u, v, edges.attr_key, edges.rep_key, edges.aff_sum, edges.aff_count)
+            clusters, _ = graph_mutex_watershed(len(nodes), *typed_edges(indexed))
+            reps = representatives(nodes, np.asarray(clusters))
+        changed = reps != nodes
+        n = int(changed.sum())
+        self.graph_size = {"nodes": int(len(nodes)), "edges": int(len(edges)), "merged_nodes": n}
+        self.store.put(
+            "tile_merges",
+            {"graph": [self.graph] * n, "level": [self.level] * n, "region": [block.key] * n,
+             "node": nodes[changed], "parent": reps[changed]},
+            replace_where={"graph": self.graph, "level": self.level, "region": block.key},
+        )
+        return None
+
+
+class AgglomerateComponents(AgglomerateLevel):
+    """Joins the tiles' merges: connected components over the merged clusters, written
+    as the last level's lookups (node -> smallest id of its component).  Reads the tiles'
+    merges a few tiles at a time, twice (ids, then unions), and holds 8 bytes per merged
+    cluster for the ids and 8 for the union-find: the whole-volume graph it replaces
+    needed ~2-4 KB per node (docs/scale.md)."""
+
+    def _tile_keys(self) -> list[str]:
+        tiles = AgglomerateTiles(self.run, self.graph, self.level, self.levels)
+        grid = grid_shape(self.run.volume_roi.shape, tiles.block_shape)
+        return [block_key(i) for i in itertools.product(*(range(g) for g in grid))]
+
+    def _merge_chunks(self, keys: list[str]):
+        for start in range(0, len(keys), _BLOCKS_PER_READ):
+            cols = self.store.find_arrays(
+                "tile_merges",
+                {"graph": self.graph, "level": self.level, "region": {"in": keys[start : start + _BLOCKS_PER_READ]}},
+                fields=["node", "parent"],
+            )
+            yield np.asarray(cols["node"], np.int64), np.asarray(cols["parent"], np.int64)
+
+    def process(self, block: BlockInfo):
+        from ..union_find import UnionFind
+
+        keys = self._tile_keys()
+        ids = np.zeros(0, np.int64)
+        pending: list[np.ndarray] = []
+        pairs = pending_size = 0
+        for node, parent in self._merge_chunks(keys):
+            chunk = np.unique(np.concatenate([node, parent]))
+            pending.append(chunk)
+            pending_size += len(chunk)
+            pairs += len(node)
+            # merge once the pending ids outnumber the merged ones: each id is re-sorted
+            # O(log) times, not once per chunk
+            if pending_size > len(ids):
+                ids = np.unique(np.concatenate([ids, *pending]))
+                pending, pending_size = [], 0
+        if pending:
+            ids = np.unique(np.concatenate([ids, *pending]))
+        uf = UnionFind(len(ids))
+        for node, parent in self._merge_chunks(keys):
+            uf.union(np.searchsorted(ids, node), np.searchsorted(ids, parent))
+        roots = uf.roots()
+        changed = roots != np.arange(len(ids))
+        n = int(changed.sum())
+        self.graph_size = {"nodes": int(len(ids)), "edges": pairs}
+        self.store.put(
+            "lookups",
+            {"graph": [self.graph] * n, "level": [self.level] * n, "node": ids[changed],
+             "parent": ids[roots[changed]], "region": [block.key] * n},
+            replace_where={"graph": self.graph, "level": self.level, "region": block.key},
+        )
+        return None
+
+
+def tiled_last_level(run: RunContext, graph: str, levels: int) -> bool:
+    """Whether the last level runs as tiles + components (see :class:`AgglomerateTiles`)."""
+    tile = run.cfg.agglomerate.last_level_tile_blocks
+    if graph != "mws" or tile is None or levels < 2:
+        return False
+    # (one tile covering the volume gives exactly the untiled result: tests rely on it)
+    return AgglomerateLevel(run, graph, levels - 1, levels).local
+
+
 def stages(run: RunContext, graph: str) -> list[Stage]:
     seg_block = run.cfg.segment.block_shape_vox
     grid = grid_shape(run.volume_roi.shape, seg_block)
     levels = num_levels(grid, run.cfg.agglomerate.fanout)
-    return [AgglomerateLevel(run, graph, level, levels) for level in range(1, levels + 1)]
+    out: list[Stage] = [AgglomerateLevel(run, graph, level, levels) for level in range(1, levels)]
+    if tiled_last_level(run, graph, levels):
+        out += [AgglomerateTiles(run, graph, levels, levels), AgglomerateComponents(run, graph, levels, levels)]
+    else:
+        out.append(AgglomerateLevel(run, graph, levels, levels))
+    return out
 
 
 def region_roi(run: RunContext, level_stage: AgglomerateLevel, index) -> Roi:

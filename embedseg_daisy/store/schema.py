@@ -127,6 +127,14 @@ COLLECTIONS: dict[str, Collection] = {
             {"graph": "str", "level": "int", "node": "int", "parent": "int", "region": "str"},
             indexes=[("graph", "level", "region")],
         ),
+        # Merges a tile of a tiled last level committed (node -> smallest node of its tile
+        # cluster, only nodes that change); their connected components become that level's lookups.
+        _c(
+            "tile_merges",
+            ["graph", "level", "region", "node"],
+            {"graph": "str", "level": "int", "region": "str", "node": "int", "parent": "int"},
+            indexes=[("graph", "level", "region")],
+        ),
         # Edges that travel up a level of the hierarchy, per region that produced them.
         _c(
             "level_edges",
@@ -142,7 +150,8 @@ COLLECTIONS: dict[str, Collection] = {
                 "aff_sum": "float",
                 "aff_count": "int",
             },
-            indexes=[("graph", "level", "region")],
+            # (graph, level, u): a tile of a tiled last level finds the edges among its nodes
+            indexes=[("graph", "level", "region"), ("graph", "level", "u")],
         ),
         # Final fragment -> segment map of a graph.
         _c(
