@@ -262,7 +262,7 @@ class AgglomerateConfig(WorkersConfig):
         None,
         description="split the last level into tiles of this many segment blocks per axis (z, y, x): "
         "each tile runs the graph MWS on the cross-region edges its blocks own, in parallel, and one "
-        "connected-components step over their merges (~16 bytes per merged cluster) replaces the "
+        "connected-components step over their merges (~18 bytes per merged cluster) replaces the "
         "whole-volume graph, whose memory follows the volume's cross-section. Used when the level below "
         "the last decides locally (regions above exact_region_vox); "
         "approximate (a tile does not see mutexes outside it). null: one last region",

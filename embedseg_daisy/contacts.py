@@ -82,6 +82,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import InputError
+from .union_find import _find
 
 #: Fixed-point scale of affinity sums: an edge with affinity ``a`` adds
 #: ``round(a * AFF_SCALE)``.
@@ -173,14 +174,6 @@ def as_box(box) -> Box:
     if len(begin) != 3 or len(end) != 3:
         raise ValueError(f"a box needs 3-d begin and end, got {box!r}")
     return begin, end  # type: ignore[return-value]
-
-
-@numba.njit(cache=True)
-def _find(parent, i):
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
 
 
 @numba.njit(cache=True)

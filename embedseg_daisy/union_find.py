@@ -33,11 +33,10 @@ def _union(parent, a, b):
 
 
 @numba.njit(cache=True)
-def _roots(parent):
-    out = np.empty_like(parent)
+def _compress(parent):
+    # ascending order: a node's root is smaller than the node and already final
     for i in range(parent.size):
-        out[i] = _find(parent, i)
-    return out
+        parent[i] = parent[parent[i]]
 
 
 class UnionFind:
@@ -57,5 +56,9 @@ class UnionFind:
         _union(self.parent, a, b)
 
     def roots(self) -> np.ndarray:
-        """The root (smallest index) of every node's component."""
-        return _roots(self.parent)
+        """The root (smallest index) of every node's component.
+
+        Computed in place (the parent array becomes the roots, no second array), so
+        the union-find stays at 8 bytes per node; further unions remain valid."""
+        _compress(self.parent)
+        return self.parent

@@ -45,3 +45,15 @@ def test_bad_pairs_are_refused():
         uf.union([0], [3])
     with pytest.raises(ValueError, match="differ in length"):
         uf.union([0, 1], [2])
+
+
+def test_unions_after_reading_roots_stay_valid():
+    """roots() compresses in place; later unions must still give the right components."""
+    rng = np.random.default_rng(5)
+    n = 500
+    a, b = rng.integers(0, n, 300), rng.integers(0, n, 300)
+    uf = UnionFind(n)
+    uf.union(a[:150], b[:150])
+    assert np.array_equal(uf.roots(), scipy_roots(n, a[:150], b[:150]))
+    uf.union(a[150:], b[150:])
+    assert np.array_equal(uf.roots(), scipy_roots(n, a, b))

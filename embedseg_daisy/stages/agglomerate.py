@@ -35,6 +35,8 @@ from .common import stage_prefix
 _IN_CHUNK = 5000
 #: fragment-edge blocks read (and aggregated) at a time: bounds the rows held at once
 _BLOCKS_PER_READ = 16
+#: lookup rows the components step writes per store call
+_WRITE_CHUNK = 250_000
 
 
 def num_levels(block_grid, fanout) -> int:
@@ -385,8 +387,10 @@ class AgglomerateComponents(AgglomerateLevel):
     """Joins the tiles' merges: connected components over the merged clusters, written
     as the last level's lookups (node -> smallest id of its component).  Reads the tiles'
     merges a few tiles at a time, twice (ids, then unions), and holds 8 bytes per merged
-    cluster for the ids and 8 for the union-find: the whole-volume graph it replaces
-    needed ~2-4 KB per node (docs/scale.md)."""
+    cluster for the ids and 8 for the union-find (roots computed in place, lookups
+    written in slices), ~16 while collecting the ids (benchmarks/components_memory.py
+    measures it).  The whole-volume graph it replaces needed ~2-4 KB per node
+    (docs/scale.md)."""
 
     def _tile_keys(self) -> list[str]:
         tiles = AgglomerateTiles(self.run, self.graph, self.level, self.levels)
@@ -406,34 +410,40 @@ class AgglomerateComponents(AgglomerateLevel):
         from ..union_find import UnionFind
 
         keys = self._tile_keys()
-        ids = np.zeros(0, np.int64)
-        pending: list[np.ndarray] = []
-        pairs = pending_size = 0
+        chunks: list[np.ndarray] = []
+        pairs = 0
         for node, parent in self._merge_chunks(keys):
-            chunk = np.unique(np.concatenate([node, parent]))
-            pending.append(chunk)
-            pending_size += len(chunk)
+            chunks.append(np.unique(np.concatenate([node, parent])))
             pairs += len(node)
-            # merge once the pending ids outnumber the merged ones: each id is re-sorted
-            # O(log) times, not once per chunk
-            if pending_size > len(ids):
-                ids = np.unique(np.concatenate([ids, *pending]))
-                pending, pending_size = [], 0
-        if pending:
-            ids = np.unique(np.concatenate([ids, *pending]))
+        # one concatenation, an in-place sort and a mask: ~16 bytes per id at the peak
+        # (np.unique of the whole would copy and sort it again)
+        ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        del chunks
+        ids.sort()
+        if len(ids):
+            first = np.empty(len(ids), bool)
+            first[0] = True
+            np.not_equal(ids[1:], ids[:-1], out=first[1:])
+            ids = ids[first]
+            del first
         uf = UnionFind(len(ids))
         for node, parent in self._merge_chunks(keys):
             uf.union(np.searchsorted(ids, node), np.searchsorted(ids, parent))
         roots = uf.roots()
-        changed = roots != np.arange(len(ids))
-        n = int(changed.sum())
         self.graph_size = {"nodes": int(len(ids)), "edges": pairs}
-        self.store.put(
-            "lookups",
-            {"graph": [self.graph] * n, "level": [self.level] * n, "node": ids[changed],
-             "parent": ids[roots[changed]], "region": [block.key] * n},
-            replace_where={"graph": self.graph, "level": self.level, "region": block.key},
-        )
+        # written in slices, so that neither the store's per-row objects nor the index
+        # arrays ever exist for all clusters; the first slice's replace_where drops a
+        # previous attempt's rows, the rest append
+        for start in range(0, max(len(ids), 1), _WRITE_CHUNK):
+            stop = min(start + _WRITE_CHUNK, len(ids))
+            part = start + np.flatnonzero(roots[start:stop] != np.arange(start, stop))
+            n = len(part)
+            self.store.put(
+                "lookups",
+                {"graph": [self.graph] * n, "level": [self.level] * n, "node": ids[part],
+                 "parent": ids[roots[part]], "region": [block.key] * n},
+                replace_where={"graph": self.graph, "level": self.level, "region": block.key} if start == 0 else None,
+            )
         return None
 
 
