@@ -17,6 +17,11 @@ exact region's graph grows with its volume.  Larger regions decide locally: a pl
 graph MWS over the region, and only clusters with an attractive edge leaving the region
 stay open (see docs/design.md).  Writes ``lookups`` (node -> representative, only for nodes that
 change) and ``level_edges`` (edges between two frozen / open clusters).
+
+With ``agglomerate.last_level_tile_blocks`` the last level is split: parallel tiles
+(:class:`AgglomerateTiles`) decide the crossing edges their blocks own, and one
+connected-components step (:class:`AgglomerateComponents`) turns their merges into the
+last level's lookups, so no worker holds the whole-volume graph.
 """
 
 from __future__ import annotations
