@@ -528,10 +528,7 @@ def run_stage_serial(config: Path, stage_id: str, *, worker_store_calls: bool = 
     (once per worker), then per block: the worker loop's store calls (attempt lookup,
     "running" row, done mark) around ``stage.process``.  Peak memory is ``VmHWM`` reset
     after setup (what one worker holds beyond its imports and setup) and per block."""
-    from funlib.geometry import Coordinate, Roi
-
     from embedseg_daisy.config import load_config
-    from embedseg_daisy.geometry import grid_shape
     from embedseg_daisy.pipeline.registry import build_stage
     from embedseg_daisy.pipeline.stage import RunContext
     from embedseg_daisy.store import open_store
@@ -544,27 +541,22 @@ def run_stage_serial(config: Path, stage_id: str, *, worker_store_calls: bool = 
     stage.setup()
     setup_s = time.perf_counter() - t
     store = open_store(cfg) if worker_store_calls else None
-    total = stage.write_total_roi
-    shape = Coordinate(stage.block_shape)
-    grid = grid_shape(total.shape, shape)
     import itertools
 
-    indices = list(itertools.product(*(range(n) for n in grid)))
+    indices = list(itertools.product(*(range(n) for n in stage.grid_shape)))
     warm_s = 0.0
     if warmup and indices:
         # one untimed pass over the first block (blocks are idempotent): numba caches,
         # lazy imports, zarr/codec set-up -- a once-per-worker cost, reported separately
-        roi = Roi(Coordinate(total.offset) + Coordinate(indices[0]) * shape, shape)
         t = time.perf_counter()
-        stage.process(stage.block_info(roi))
+        stage.process(stage.block_at(indices[0]))
         warm_s = time.perf_counter() - t
     reset = reset_peak()
     rss0 = status_kib("VmRSS")
     blocks = []
     c0, w0 = time.process_time(), time.perf_counter()
     for idx in indices:
-        roi = Roi(Coordinate(total.offset) + Coordinate(idx) * shape, shape)
-        info = stage.block_info(roi)
+        info = stage.block_at(idx)
         reset_peak()
         rss_b = status_kib("VmRSS")
         cb, wb = time.process_time(), time.perf_counter()
@@ -586,7 +578,7 @@ def run_stage_serial(config: Path, stage_id: str, *, worker_store_calls: bool = 
     return {
         "stage": stage_id,
         "blocks": len(blocks),
-        "block_shape": list(shape),
+        "block_shape": list(stage.block_shape),
         "setup_s": setup_s,
         "warmup_first_block_s": warm_s,
         "wall_s": wall,

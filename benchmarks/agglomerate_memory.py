@@ -26,7 +26,6 @@ import _common as C  # noqa: E402
 
 
 def child(config: str, level: str, index: tuple[int, int, int]) -> dict:
-    from funlib.geometry import Coordinate, Roi
 
     from embedseg_daisy.config import load_config
     from embedseg_daisy.pipeline.stage import RunContext
@@ -36,9 +35,7 @@ def child(config: str, level: str, index: tuple[int, int, int]) -> dict:
     stage = next(s for s in stages(run, "mws") if s.stage_id == f"agglomerate_L{level}")
     stage.setup()
     base = C.status_kib("VmRSS")
-    shape = Coordinate(stage.block_shape)
-    roi = Roi(Coordinate(run.volume_roi.offset) + Coordinate(index) * shape, shape).intersect(run.volume_roi)
-    info = stage.block_info(roi)
+    info = stage.block_at(index)
     lo, hi = stage._region_block_range(info)
     t = time.perf_counter()
     stage.process(info)
@@ -46,6 +43,8 @@ def child(config: str, level: str, index: tuple[int, int, int]) -> dict:
         "level": level, "stage": type(stage).__name__, "region": list(index), "levels": stage.levels,
         "blocks_in_region": int((hi - lo).prod()),
         "local": stage.local, **stage.graph_size,
+        "rule": {"AgglomerateTiles": "tile", "AgglomerateComponents": "components"}.get(
+            type(stage).__name__, "local" if stage.local else "exact"),
         "seconds": time.perf_counter() - t, "rss_after_setup_mib": base / 1024,
         "peak_mib": C.status_kib("VmHWM") / 1024, "peak_over_setup_mib": (C.status_kib("VmHWM") - base) / 1024,
     }
@@ -68,13 +67,13 @@ def main(argv=None) -> int:
         r = C.child([__file__, args.config, "--child", level, index])
         r["bytes_per_edge_over_setup"] = r["peak_over_setup_mib"] * 2**20 / max(r["edges"], 1)
         print(f"  L{r['level']} region {r['region']} ({r['blocks_in_region']} blocks, "
-              f"{'local' if r['local'] else 'exact'}, {r['stage']}): {r['nodes']} nodes, {r['edges']} edges, "
+              f"{r['rule']}): {r['nodes']} nodes, {r['edges']} edges, "
               f"{r.get('open_clusters', '-')} open clusters; {r['seconds']:.1f} s, peak {r['peak_mib']:.0f} MiB "
               f"(+{r['peak_over_setup_mib']:.0f} over setup, {r['bytes_per_edge_over_setup']:.0f} B/edge)", flush=True)
         rows.append(r)
     report = {"benchmark": "agglomerate peak memory per region and level", "command": C.command_line(),
               "machine": C.machine(), "config": args.config, "regions": rows}
-    headline = "; ".join(f"L{r['level']} {r['region']} ({'local' if r['local'] else 'exact'}, {r['edges']} edges): "
+    headline = "; ".join(f"L{r['level']} {r['region']} ({r['rule']}, {r['edges']} edges): "
                          f"{r['peak_mib']:.0f} MiB, {r['seconds']:.0f} s" for r in rows)
     C.save("agglomerate_memory", report, headline, out=args.out)
     return 0

@@ -13,7 +13,8 @@ process, and the fragments relabelled through the resulting lookups.  (That the
 pipeline runs them the same way, and that one tile over the volume reproduces the
 untiled result, is tested in ``tests/test_pipeline_segment.py``.)  Reported per tile
 shape: VI (nats) against the untiled segmentation and against ground truth, and the
-seconds of the tiles and of the components step.  Affinities: the shipped embedding
+seconds of the tiles and of the components step, and which tiled segments join several
+untiled ones (the extra merges, with the voxel counts of their parts).  Affinities: the shipped embedding
 net on a held-out synthetic volume (``benchmarks/local_levels.py``'s cache) and oracle
 affinities.  Results: ``benchmarks/results/tiled_last_level.json`` and a line in
 BENCHMARKS.md.
@@ -75,15 +76,22 @@ def read(config: Path, name: str) -> np.ndarray:
 
 def run_blocks(stage) -> float:
     """Every block of ``stage``, serially, as a worker would run them; seconds."""
-    from funlib.geometry import Coordinate, Roi
-
     t = time.perf_counter()
     stage.setup()
-    origin, shape = Coordinate(stage.write_total_roi.offset), Coordinate(stage.block_shape)
     for index in itertools.product(*(range(g) for g in stage.grid_shape)):
-        roi = Roi(origin + Coordinate(index) * shape, shape).intersect(stage.write_total_roi)
-        stage.process(stage.block_info(roi))
+        stage.process(stage.block_at(index))
     return time.perf_counter() - t
+
+
+def merges_over(untiled: np.ndarray, seg: np.ndarray) -> dict:
+    """Segments of ``seg`` that join several untiled segments: how many, and the voxel
+    counts of the parts of the largest such joins (foreground only)."""
+    fg = untiled != 0
+    pairs, counts = np.unique(np.stack([seg[fg], untiled[fg]]), axis=1, return_counts=True)
+    joined, parts = np.unique(pairs[0], return_counts=True)
+    joins = sorted((sorted(counts[pairs[0] == t].tolist(), reverse=True) for t in joined[parts > 1]),
+                   key=sum, reverse=True)
+    return {"segments": int(len(joined)), "joining_segments": int((parts > 1).sum()), "largest_joins": joins[:5]}
 
 
 def compare(name: str, data: Path, labels: np.ndarray, block, tiles: list, workers: int) -> list[dict]:
@@ -121,12 +129,13 @@ def compare(name: str, data: Path, labels: np.ndarray, block, tiles: list, worke
         row = {"affinities": name, "shape": list(labels.shape), "block": list(block), "tile_blocks": tile,
                "tiles": int(tile_stage.total_blocks), "seconds": seconds,
                "vi_vs_untiled": LL.vi(untiled, seg, ignore=()), "vi_vs_gt": LL.vi(labels, seg),
-               "identical_to_untiled": bool(np.array_equal(untiled, seg))}
+               "identical_to_untiled": bool(np.array_equal(untiled, seg)), "joins": merges_over(untiled, seg)}
         rows.append(row)
         print(f"{name} tiles {tile} ({row['tiles']} tiles): VI vs untiled {row['vi_vs_untiled']['sum']:.4f} "
               f"(split {row['vi_vs_untiled']['split']:.4f}, merge {row['vi_vs_untiled']['merge']:.4f}), vs GT "
               f"{row['vi_vs_gt']['sum']:.4f}; identical {row['identical_to_untiled']}; tiles {seconds['tiles']:.0f} s, "
-              f"components {seconds['components']:.1f} s", flush=True)
+              f"components {seconds['components']:.1f} s; {row['joins']['joining_segments']} of {row['joins']['segments']} "
+              f"segments join untiled ones, largest parts {row['joins']['largest_joins'][:1]}", flush=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     return rows
 

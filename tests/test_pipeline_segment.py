@@ -121,11 +121,22 @@ def test_tiled_last_level_rerun_changes_nothing(volume, runs):
     before = {c: store.count(c) for c in ("lookups", "tile_merges", "level_edges")}
     lookups = store.find_arrays("lookups", {"graph": "mws", "level": 2}, fields=["node", "parent"])
     seg_before = read(cfg, "segmentation")
-    store.reset_blocks("agglomerate_L2_tiles", ["0_0_0", "1_1_1", "2_2_2"])
-    store.reset_blocks("agglomerate_L2", ["0_0_0"])
-    store.reset_blocks("relabel", ["1_1_1"])
+    reset = {"agglomerate_L2_tiles": ["0_0_0", "1_1_1", "2_2_2"], "agglomerate_L2": ["0_0_0"], "relabel": ["1_1_1"]}
+
+    def started():
+        return {(s, b): r["started"] for s, keys in reset.items() for b in keys
+                for r in store.find("blocks", {"stage": s, "block": b}, fields=["started"])}
+
+    started_before = started()
+    assert len(started_before) == 5
+    for stage, keys in reset.items():
+        store.reset_blocks(stage, keys)
     outcome = execute(str(path), cfg, progress=False)
     assert outcome.ok, outcome.messages
+    # the forgotten blocks really ran again (and only wrote what they had written)
+    started_after = started()
+    assert set(started_after) == set(started_before)
+    assert all(started_after[k] > started_before[k] for k in started_before), (started_before, started_after)
     assert {c: store.count(c) for c in before} == before
     after = store.find_arrays("lookups", {"graph": "mws", "level": 2}, fields=["node", "parent"])
     assert sorted(zip(after["node"], after["parent"])) == sorted(zip(lookups["node"], lookups["parent"]))

@@ -3,7 +3,7 @@
 Voxel level: :func:`mutex_watershed` (plain) and :func:`mutex_watershed_region`
 (region mode with freezing -> fragments refining the global MWS).  Graph level:
 :func:`graph_mutex_watershed` (exact region rules) and :func:`local_region_clusters`
-(local decisions with context, for large regions) with :func:`contract_edges` /
+(local decisions, for large regions) with :func:`contract_edges` /
 :func:`upward_edges` for hierarchical agglomeration.  Edge order: :mod:`embedseg_daisy.mws.keys`.  In-memory
 reference of the whole blockwise scheme: :func:`blockwise_mutex_watershed`.
 """

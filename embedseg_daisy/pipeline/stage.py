@@ -123,6 +123,11 @@ class Stage(abc.ABC):
         index = block_index(write_roi, self.write_total_roi, self.block_shape)
         return BlockInfo(key=block_key(index), index=index, write_roi=write_roi.intersect(self.write_total_roi))
 
+    def block_at(self, index) -> BlockInfo:
+        """The block at grid ``index`` (z, y, x), as daisy would hand it to a worker."""
+        shape = Coordinate(self.block_shape)
+        return self.block_info(Roi(Coordinate(self.write_total_roi.offset) + Coordinate(index) * shape, shape))
+
     def task_rois(self) -> tuple[Roi, Roi, Roi]:
         """(total_roi, read_roi, write_roi) for a daisy Task, voxels."""
         ctx = Coordinate(self.context)

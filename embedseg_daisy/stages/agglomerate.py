@@ -30,7 +30,7 @@ import itertools
 import math
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Coordinate
 
 from ..fragment_graph import EDGE_FIELDS, EdgeTable, map_ids, representatives, typed_edges
 from ..geometry import as_vec3, block_key, fragment_block_index, grid_shape
@@ -367,15 +367,8 @@ class AgglomerateTiles(AgglomerateLevel):
         crossing = self._crossing_fragment_edges(lo, hi, owned_only=True)
         nodes = np.unique(np.concatenate([crossing.u, crossing.v]))
         edges = EdgeTable.concat([crossing, self._edges_among(nodes)]).aggregate()
-        reps = nodes.copy()
-        if len(nodes):
-            from ..mws import graph_mutex_watershed
-
-            u = np.searchsorted(nodes, edges.u)
-            v = np.searchsorted(nodes, edges.v)
-            indexed = EdgeTable(u, v, edges.attr_key, edges.rep_key, edges.aff_sum, edges.aff_count)
-            clusters, _ = graph_mutex_watershed(len(nodes), *typed_edges(indexed))
-            reps = representatives(nodes, np.asarray(clusters))
+        # the local rule over a region holding every node: a plain MWS of the tile's graph
+        reps, _ = self._cluster(nodes, np.ones(len(nodes), bool), edges)
         changed = reps != nodes
         n = int(changed.sum())
         self.graph_size = {"nodes": int(len(nodes)), "edges": int(len(edges)), "merged_nodes": n}
@@ -471,8 +464,3 @@ def stages(run: RunContext, graph: str) -> list[Stage]:
     else:
         out.append(AgglomerateLevel(run, graph, levels, levels))
     return out
-
-
-def region_roi(run: RunContext, level_stage: AgglomerateLevel, index) -> Roi:
-    shape = Coordinate(level_stage.block_shape)
-    return Roi(Coordinate(run.volume_roi.offset) + Coordinate(index) * shape, shape).intersect(run.volume_roi)
