@@ -9,7 +9,10 @@ resolved against the current working directory.
 
 Fields marked ``affects_results=False`` (workers, launchers, timeouts, the store,
 devices, batch sizes) may change between a run and its resume; changing any other
-field changes :func:`results_hash` and a resume is refused unless forced.
+field changes :func:`results_hash` and a resume is refused unless forced.  A field
+added by a newer version must default to the old behaviour: a run started before the
+upgrade then resumes unforced (its stored config, read with the new defaults, affects
+results as before; see ``pipeline.driver.check_run``).
 """
 
 from __future__ import annotations

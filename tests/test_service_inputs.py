@@ -8,6 +8,7 @@ after.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +18,8 @@ import pytest
 from funlib.geometry import Coordinate
 from funlib.persistence import prepare_ds
 
-from embedseg_daisy.config import load_config
+from embedseg_daisy.config import _strip_runtime, load_config, results_hash
+from embedseg_daisy.store import open_store
 from embedseg_daisy.run import main as run_main
 
 from service_helpers import SHAPE, block_rows, read_array, reference_run, run_state_hash
@@ -151,3 +153,58 @@ def test_changed_config_resumes_only_with_force(ref, tmp_path, capsys):
     code, err = run_cli(path, capsys=capsys)
     assert code == 0, err
     assert run_state_hash(ref["cfg"]) == ref_state, "the copy's run must not touch the original"
+
+
+def _as_if_started_by_an_older_version(cfg, field: tuple[str, str]) -> str:
+    """Rewrite a run's stored config, hash and output marker as a version without
+    ``field`` (section, name) would have written them; returns that old hash."""
+    section, name = field
+    stripped = _strip_runtime(cfg)
+    del stripped[section][name]
+    old_hash = hashlib.sha256(json.dumps(stripped, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    store = open_store(cfg)
+    try:
+        row = store.find("runs")[0]
+        del row["config"][section][name]
+        row["results_hash"] = old_hash
+        store.put("runs", [row])
+    finally:
+        store.close()
+    marker = Path(cfg.output.container) / "embedseg_daisy.json"
+    marker.write_text(json.dumps({"run": cfg.name, "results_hash": old_hash}))
+    return old_hash
+
+
+def test_run_from_an_older_version_resumes_without_force(ref, tmp_path, capsys):
+    """A field added by an upgrade, left at its default, is not a changed configuration:
+    the run resumes without --force, recomputes nothing and takes the new hash.  A real
+    change is still refused and named."""
+    src = Path(ref["cfg"].output.container)
+    out = tmp_path / "old.zarr"
+    shutil.copytree(src, out)
+    shutil.copytree(str(src) + ".run", str(out) + ".run")
+    shutil.copy(ref["cfg"].store_path(), str(out) + ".store.sqlite")
+    path = variant(ref, tmp_path, "old", lambda d: d["output"].update(container=str(out)))
+    cfg = load_config(path)
+    old_hash = _as_if_started_by_an_older_version(cfg, ("agglomerate", "last_level_tile_blocks"))
+    assert old_hash != results_hash(cfg)
+
+    changed = variant(ref, tmp_path, "old_changed", lambda d: (d["output"].update(container=str(out)), d["segment"].update(theta_mask=0.5)))
+    state = run_state_hash(cfg)
+    code, err = run_cli(changed, capsys=capsys)
+    assert code == 4 and "changed fields that affect results: segment.theta_mask" in err, err
+    assert run_state_hash(cfg) == state, "a refused resume must leave the run untouched"
+
+    blocks_before = {(r["stage"], r["block"]): r["started"] for r in block_rows(cfg)}
+    code, err = run_cli(path, capsys=capsys)
+    assert code == 0, err
+    assert {(r["stage"], r["block"]): r["started"] for r in block_rows(cfg)} == blocks_before
+    store = open_store(cfg)
+    try:
+        assert store.find("runs")[0]["results_hash"] == results_hash(cfg)
+    finally:
+        store.close()
+    marker = json.loads((out / "embedseg_daisy.json").read_text())
+    assert marker["results_hash"] == results_hash(cfg)
+    for name in ("fragments", "segmentation"):
+        assert np.array_equal(read_array(cfg, name), read_array(ref["cfg"], name))

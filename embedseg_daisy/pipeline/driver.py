@@ -88,26 +88,37 @@ def _check_checkpoint(path: str, kind: str) -> None:
     load_checkpoint(path, device="cpu", expected_kind=kind)
 
 
-def check_run(store: Store, cfg: RunConfig, *, force: bool = False) -> list[dict]:
-    """Refuse a store that holds another run, or a resume with changed results."""
+def check_run(store: Store, cfg: RunConfig, *, force: bool = False) -> tuple[list[dict], bool]:
+    """Refuse a store that holds another run, or a resume with changed results.
+
+    Returns the stored run rows and whether the output container's marker may be
+    re-claimed under the new results hash.  That is allowed with ``force``, and also when
+    the stored config, read with this version's defaults, affects results exactly as
+    the new one does.  Then the hashes differ only because this version added fields
+    (every new field defaults to the old behaviour), and a run started before an upgrade
+    resumes without ``--force``.
+    """
     rhash = results_hash(cfg)
     resolved = config_dict(cfg)
     existing = store.find("runs")
-    if existing:
-        held = existing[0]
-        if held["run_id"] != cfg.name:
-            raise RunConflictError(
-                f"store {store.describe()} holds run '{held['run_id']}', not '{cfg.name}'; "
-                "use another store path/database for a different run"
-            )
-        if held["results_hash"] != rhash and not force:
-            changed = results_diff(_results_part(held["config"]), _results_part(resolved))
-            raise RunConflictError(
-                f"run '{cfg.name}' was started with a different configuration; changed fields that "
-                f"affect results: {', '.join(changed) or '(unknown)'}. Re-run with --force to continue "
-                "anyway (finished blocks keep their old results), or use a new output path."
-            )
-    return existing
+    if not existing:
+        return existing, force
+    held = existing[0]
+    if held["run_id"] != cfg.name:
+        raise RunConflictError(
+            f"store {store.describe()} holds run '{held['run_id']}', not '{cfg.name}'; "
+            "use another store path/database for a different run"
+        )
+    if held["results_hash"] == rhash or force:
+        return existing, force
+    changed = results_diff(_results_part(held["config"]), _results_part(resolved))
+    if changed:
+        raise RunConflictError(
+            f"run '{cfg.name}' was started with a different configuration; changed fields that "
+            f"affect results: {', '.join(changed)}. Re-run with --force to continue "
+            "anyway (finished blocks keep their old results), or use a new output path."
+        )
+    return existing, True
 
 
 def register_run(store: Store, cfg: RunConfig, existing: list[dict]) -> None:
@@ -306,8 +317,8 @@ def execute(config_path: str, cfg: RunConfig, *, force: bool = False, dry: bool 
     store = open_store(cfg)
     store.ping()
     try:
-        existing = check_run(store, cfg, force=force)
-        claim_output(cfg.output.container, cfg.name, results_hash(cfg), force=force)
+        existing, reclaim = check_run(store, cfg, force=force)
+        claim_output(cfg.output.container, cfg.name, results_hash(cfg), force=reclaim)
         register_run(store, cfg, existing)
         record_plan(store, [s for phase in phases for s in phase])
         return run_phases(run, store, phases, progress=progress)
