@@ -138,6 +138,20 @@ def test_config_rejects_unknown_fields_and_names_them(tmp_path, volumes):
     assert spec.kind == "affinity" and spec.widths == (8, 16) and len(spec.offsets) == 12
 
 
+
+def test_shipped_training_configs_validate():
+    """Every ``configs/train_*.json`` the README points to parses, and builds the net it names."""
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("train_*.json"))
+    assert len(paths) >= 8
+    for path in paths:
+        cfg = load_train_config(path)
+        spec = cfg.model_spec()
+        assert spec.kind == cfg.kind, path
+        assert spec.depth == len(spec.widths) - 1, path
+
+
 # ------------------------------------------------------------------ training
 
 
