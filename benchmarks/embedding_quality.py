@@ -43,7 +43,7 @@ from embedseg_daisy.nn.checkpoint import load_checkpoint  # noqa: E402
 from embedseg_daisy.nn.cpu import fast_inference  # noqa: E402
 from embedseg_daisy.nn.rsunet import crop_center  # noqa: E402
 from embedseg_daisy.synth import generate_volume  # noqa: E402
-from embedseg_daisy.training.loss import augment_background  # noqa: E402
+from embedseg_daisy.training.loss import augment_background, local_parts  # noqa: E402
 
 DELTA_D = 1.5
 #: upper edges (voxels) of the size bins of the smaller piece of a touching pair
@@ -57,19 +57,6 @@ def f1(pred: np.ndarray, truth: np.ndarray) -> float:
     fp = float((pred & ~truth).sum())
     fn = float((~pred & truth).sum())
     return 2 * tp / max(2 * tp + fp + fn, 1.0)
-
-
-def pieces_of(labels: np.ndarray) -> np.ndarray:
-    """Connected pieces (6-connectivity) of every object of ``labels``, ids 1..P."""
-    pieces = np.zeros(labels.shape, np.int64)
-    n = 0
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        cc, k = ndimage.label(labels == value)
-        pieces[cc > 0] = cc[cc > 0] + n
-        n += k
-    return pieces
 
 
 def touching_pairs(pieces: np.ndarray) -> np.ndarray:
@@ -88,7 +75,7 @@ def touching_pairs(pieces: np.ndarray) -> np.ndarray:
 
 def patch_stats(emb: np.ndarray, labels: np.ndarray, *, near: float = 8.0, min_size: int = 50) -> dict:
     """Per-object spreads and per-touching-pair distances of one patch (see module docstring)."""
-    pieces = pieces_of(labels)
+    pieces = local_parts(labels)
     ids, counts = np.unique(pieces[pieces > 0], return_counts=True)
     size = dict(zip(ids.tolist(), counts.tolist()))
     # the ground-truth object of each piece: pieces of one object are not "between objects"
@@ -155,12 +142,10 @@ def summarise(stats: list[dict], f1_kernel: list[float], f1_raw: list[float], ne
     }
 
 
-def evaluate(checkpoint: str, vol, corners: list[list[int]], *, theta_mask: float, near: float) -> dict:
-    model, spec = load_checkpoint(checkpoint, expected_kind="embedding")
-    model = fast_inference(model)
+def evaluate(model, spec, vol, raw: np.ndarray, target_bg: np.ndarray, corners, *, theta_mask: float, near: float) -> dict:
+    """Figures of one net on the patches at ``corners``; ``raw`` (float, 0-1) and
+    ``target_bg`` (the training target's background) are the volume's, computed once."""
     inp, out = np.asarray(spec.input_shape), np.asarray(spec.output_crop)
-    raw = vol.raw.astype(np.float32) / 255.0
-    target_bg = augment_background(vol.labels) == 0
     stats, f1_kernel, f1_raw = [], [], []
     t0 = time.time()
     for begin in corners:
@@ -197,12 +182,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     info = machine()
     vol = generate_volume((40, 384, 384), args.seed)
-    _, spec = load_checkpoint(args.checkpoint[0], expected_kind="embedding")
+    raw = vol.raw.astype(np.float32) / 255.0
+    target_bg = augment_background(vol.labels) == 0
     rng = np.random.default_rng(args.seed)
-    corners = [[int(rng.integers(0, s - i + 1)) for s, i in zip(vol.raw.shape, spec.input_shape)] for _ in range(args.patches)]
+    corners, first_shape = None, None
     results = {}
     for ckpt in args.checkpoint:
-        results[_name(ckpt)] = r = evaluate(ckpt, vol, corners, theta_mask=args.theta_mask, near=args.near)
+        model, spec = load_checkpoint(ckpt, expected_kind="embedding")
+        if corners is None:  # every net sees the same patches
+            first_shape = tuple(spec.input_shape)
+            corners = [[int(rng.integers(0, s - i + 1)) for s, i in zip(vol.raw.shape, first_shape)] for _ in range(args.patches)]
+        elif tuple(spec.input_shape) != first_shape:
+            parser.error(f"{ckpt}: input shape {spec.input_shape} differs from the first checkpoint's")
+        results[_name(ckpt)] = r = evaluate(
+            fast_inference(model), spec, vol, raw, target_bg, corners, theta_mask=args.theta_mask, near=args.near
+        )
         print(
             f"{_name(ckpt)}: touching pairs > 2δ_d {r['fraction_pairs_between_above_2delta']:.3f} "
             f"(median {r['between_touching_mean_l1_median']:.2f}, n={r['touching_pairs']}), near contact "

@@ -444,13 +444,17 @@ def _strip_runtime(model: BaseModel) -> Any:
 
 def results_hash(cfg: RunConfig) -> str:
     """Hash of every field that can change results (not workers, launchers, store...)."""
-    payload = json.dumps(_strip_runtime(cfg), sort_keys=True, separators=(",", ":"))
+    return digest(_strip_runtime(cfg))
+
+
+def digest(data: Any) -> str:
+    """Short, order-independent hash of JSON-able ``data`` (the run's hashes are these)."""
+    payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def config_hash(cfg: RunConfig) -> str:
-    payload = json.dumps(config_dict(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return digest(config_dict(cfg))
 
 
 def results_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -8,7 +8,6 @@ after.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from funlib.geometry import Coordinate
 from funlib.persistence import prepare_ds
 
-from embedseg_daisy.config import _strip_runtime, load_config, results_hash
+from embedseg_daisy.config import _strip_runtime, digest, load_config, results_hash
 from embedseg_daisy.store import open_store
 from embedseg_daisy.run import main as run_main
 
@@ -161,7 +160,7 @@ def _as_if_started_by_an_older_version(cfg, field: tuple[str, str]) -> str:
     section, name = field
     stripped = _strip_runtime(cfg)
     del stripped[section][name]
-    old_hash = hashlib.sha256(json.dumps(stripped, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    old_hash = digest(stripped)
     store = open_store(cfg)
     try:
         row = store.find("runs")[0]

@@ -140,16 +140,23 @@ def test_config_rejects_unknown_fields_and_names_them(tmp_path, volumes):
 
 
 def test_shipped_training_configs_validate():
-    """Every ``configs/train_*.json`` the README points to parses, and builds the net it names."""
+    """Every ``configs/train_*.json`` parses and builds its net, and a fine-tune's
+    ``init_checkpoint`` is a shipped checkpoint of that same net (else training would
+    stop at its first line)."""
     from pathlib import Path
 
-    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("train_*.json"))
+    from embedseg_daisy.nn.rsunet import build_model, count_parameters
+
+    root = Path(__file__).resolve().parents[1]
+    paths = sorted((root / "configs").glob("train_*.json"))
     assert len(paths) >= 8
     for path in paths:
         cfg = load_train_config(path)
         spec = cfg.model_spec()
-        assert spec.kind == cfg.kind, path
-        assert spec.depth == len(spec.widths) - 1, path
+        assert count_parameters(build_model(spec)) > 0, path
+        if cfg.init_checkpoint is not None:
+            _, shipped = load_checkpoint(root / cfg.init_checkpoint, expected_kind=cfg.kind)
+            assert shipped.model_dump(exclude={"training"}) == spec.model_dump(exclude={"training"}), path
 
 
 # ------------------------------------------------------------------ training

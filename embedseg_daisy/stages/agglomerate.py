@@ -391,8 +391,7 @@ class AgglomerateComponents(AgglomerateLevel):
     (docs/scale.md)."""
 
     def _tile_keys(self) -> list[str]:
-        tiles = AgglomerateTiles(self.run, self.graph, self.level, self.levels)
-        grid = grid_shape(self.run.volume_roi.shape, tiles.block_shape)
+        grid = AgglomerateTiles(self.run, self.graph, self.level, self.levels).grid_shape
         return [block_key(i) for i in itertools.product(*(range(g) for g in grid))]
 
     def _merge_chunks(self, keys: list[str]):
