@@ -214,6 +214,31 @@ def test_resume_continues_from_saved_step(tmp_path, volumes):
     assert train(cfg, resume=True).step == 10
 
 
+def test_accumulated_batches_make_the_same_update_as_one_batch(tmp_path, volumes):
+    # the sampler draws patches one by one from one RNG, and the loss is a mean over
+    # samples: two accumulated batches of 1 are one batch of 2, up to float rounding
+    # eps >> sqrt(v) makes Adam's step proportional to the gradient, so a sum where a
+    # mean belongs (twice the gradient) would show
+    opt = {"lr": 1e-2, "eps": 1.0}
+    one = tmp_path / "one"
+    train(_cfg(volumes, one, steps=3, batch_size=2, val_every=0, optimizer=opt))
+    acc = tmp_path / "acc"
+    train(_cfg(volumes, acc, steps=3, batch_size=1, accumulate=2, val_every=0, optimizer=opt))
+    a = read_checkpoint(one / "latest.pt")["state_dict"]
+    b = read_checkpoint(acc / "latest.pt")["state_dict"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    la, _ = _train_losses(one)
+    lb, _ = _train_losses(acc)
+    assert lb == pytest.approx(la, rel=1e-4)
+    assert "batch 1 x 2 accumulated" in (acc / "train.log").read_text()
+    # and differs from a single batch of 1 (the test can fail)
+    single = tmp_path / "single"
+    train(_cfg(volumes, single, steps=3, batch_size=1, val_every=0, optimizer=opt))
+    c = read_checkpoint(single / "latest.pt")["state_dict"]
+    assert any(not torch.allclose(a[k], c[k], atol=1e-5) for k in a)
+
+
 def test_init_checkpoint_starts_from_its_weights(tmp_path, volumes):
     first = tmp_path / "first"
     train(_cfg(volumes, first, steps=4, val_every=0))
@@ -251,6 +276,57 @@ def test_cli(tmp_path, volumes, capsys):
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert "bogus: unknown field" in err and err.count("\n") == 1
+
+
+def _conv_output_dtypes():
+    """Record the dtype of every Conv3d output during a run (a global forward hook)."""
+    seen: list[torch.dtype] = []
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Conv3d):
+            seen.append(output.dtype)
+
+    return seen, torch.nn.modules.module.register_module_forward_hook(hook)
+
+
+def test_cpu_amp_trains_in_bfloat16_and_the_loss_falls(tmp_path, volumes, monkeypatch):
+    # Emulated bfloat16 is slow but correct: pretend this CPU is native so the
+    # autocast path itself is tested on any machine.
+    monkeypatch.setattr("embedseg_daisy.training.loop.cpu_bf16_native", lambda: True)
+    seen, handle = _conv_output_dtypes()
+    try:
+        out = tmp_path / "bf16"
+        res = train(_cfg(volumes, out, steps=20, val_every=10, cpu_amp=True))
+    finally:
+        handle.remove()
+    assert set(seen) == {torch.bfloat16}  # the oneDNN route stood aside for autocast
+    losses, recs = _train_losses(out)
+    assert res.step == 20 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert all(np.isfinite(r["total"]) for r in recs)
+    assert "amp torch.bfloat16" in (out / "train.log").read_text()
+    # the saved weights stay float32 and load for float32 inference
+    sd = read_checkpoint(out / "model.pt")["state_dict"]
+    assert all(v.dtype == torch.float32 for v in sd.values() if v.is_floating_point())
+
+
+def test_cpu_amp_without_native_bfloat16_warns_and_stays_float32(tmp_path, volumes, monkeypatch):
+    monkeypatch.setattr("embedseg_daisy.training.loop.cpu_bf16_native", lambda: False)
+    seen, handle = _conv_output_dtypes()
+    try:
+        out = tmp_path / "fp32"
+        with pytest.warns(UserWarning, match="no native bfloat16"):
+            train(_cfg(volumes, out, steps=2, val_every=0, cpu_amp=True))
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.float32}
+    assert "amp False" in (out / "train.log").read_text()
+
+
+def test_cpu_runs_ignore_the_cuda_amp_flag(tmp_path, volumes):
+    # ``amp`` (default True) is CUDA's: CPU configs written before cpu_amp keep float32
+    out = tmp_path / "plain"
+    train(_cfg(volumes, out, steps=1, val_every=0, amp=True, device="cpu"))
+    assert "amp False" in (out / "train.log").read_text()
 
 
 @pytest.mark.gpu

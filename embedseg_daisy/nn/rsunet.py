@@ -67,7 +67,14 @@ class Conv3d(nn.Conv3d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.onednn and x.device.type == "cpu" and x.dtype == torch.float32:
+        # Under CPU autocast the route would bypass the bfloat16 cast; PyTorch's own
+        # dispatch then picks oneDNN for bfloat16 anyway.
+        if (
+            self.onednn
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        ):
             return onednn_conv3d(x, self.weight, self.bias, self.padding)
         return super().forward(x)
 

@@ -78,6 +78,12 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     out_dir: Path
     batch_size: int = Field(1, ge=1)
+    #: Gradient accumulation: each optimiser step averages the gradients of this many
+    #: batches of ``batch_size`` (effective batch ``batch_size * accumulate``), the same
+    #: update as one batch of that size (instance norm is per sample).  For CPUs, where
+    #: batch 2 is the cheapest per sample and larger batches get slower (BENCHMARKS.md),
+    #: and for GPUs short of memory.  ``steps`` counts optimiser steps.
+    accumulate: int = Field(1, ge=1)
     steps: int = Field(ge=1)
     log_every: int = Field(10, ge=1)
     #: Validate every N steps (0: never; also never without ``validation`` volumes) on
@@ -94,6 +100,12 @@ class TrainConfig(_Strict):
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
     #: CPU only: route convolutions to oneDNN (see embedseg_daisy.nn.cpu).
     cpu_onednn: bool = True
+    #: CPU only: autocast to bfloat16 (always bfloat16 on CPU, whatever ``amp_dtype``)
+    #: when the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it stays
+    #: float32 with a warning, since emulated bfloat16 is slower.  Convolutions then take
+    #: PyTorch's own oneDNN path.  Measured here (AVX512-BF16, 2 cores, 4-level tiny,
+    #: batch 2): 1.5 s/step against 3.3 s in float32 (see BENCHMARKS.md).
+    cpu_amp: bool = False
     #: Store the exported model.pt / best.pt weights as float16.
     half_weights: bool = False
     #: At the end of the run, copy the weights to ship here: best.pt when validation

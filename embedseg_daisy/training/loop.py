@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,6 +76,26 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), per oneDNN."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _autocast_setting(cfg: TrainConfig, dev: torch.device) -> tuple[bool, torch.dtype]:
+    """``(enabled, dtype)`` of autocast for this run (see ``TrainConfig.amp`` / ``cpu_amp``)."""
+    if dev.type == "cpu":
+        if cfg.cpu_amp and not cpu_bf16_native():
+            warnings.warn("cpu_amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in float32")
+        return cfg.cpu_amp and cpu_bf16_native(), torch.bfloat16
+    dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+    if cfg.amp and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return cfg.amp, dtype
 
 
 def compute_loss(model, batch: Batch, cfg: TrainConfig, spec: ModelSpec):
@@ -194,10 +215,7 @@ def _train(cfg: TrainConfig, resume: bool, total_steps: int, dev: torch.device, 
         model.parameters(), lr=oc.lr, betas=oc.betas, eps=oc.eps, amsgrad=oc.amsgrad,
         weight_decay=oc.weight_decay,
     )
-    use_amp = dev.type == "cuda" and cfg.amp
-    amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-    if use_amp and amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        amp_dtype = torch.float16
+    use_amp, amp_dtype = _autocast_setting(cfg, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     log = _Log(out_dir / "train.log", out_dir / "metrics.jsonl", to_console=not cfg.progress)
@@ -248,8 +266,10 @@ def _train(cfg: TrainConfig, resume: bool, total_steps: int, dev: torch.device, 
     log.line(
         f"start: kind {spec.kind}, preset {spec.preset}, widths {list(spec.widths)}, "
         f"{count_parameters(model)} parameters, device {dev}"
-        + (f" ({torch.get_num_threads()} threads)" if dev.type == "cpu" else f", amp {use_amp and amp_dtype}")
-        + f", batch {cfg.batch_size}, steps {start}->{total_steps}, "
+        + (f" ({torch.get_num_threads()} threads)" if dev.type == "cpu" else "")
+        + f", amp {use_amp and amp_dtype}"
+        + f", batch {cfg.batch_size}" + (f" x {cfg.accumulate} accumulated" if cfg.accumulate > 1 else "")
+        + f", steps {start}->{total_steps}, "
         f"{len(volumes)} training / {len(cfg.validation)} validation volumes"
     )
 
@@ -318,11 +338,19 @@ def _train(cfg: TrainConfig, resume: bool, total_steps: int, dev: torch.device, 
     step = start
     try:
         while step < total_steps:
-            batch = sampler.batch(rng, cfg.batch_size).to(dev)
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                terms = compute_loss(model, batch, cfg, spec)
             opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(terms.total):
+            finite, parts_terms = True, []
+            for _ in range(cfg.accumulate):
+                batch = sampler.batch(rng, cfg.batch_size).to(dev)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
+                    terms = compute_loss(model, batch, cfg, spec)
+                if not torch.isfinite(terms.total):
+                    finite = False
+                    break
+                scaler.scale(terms.total / cfg.accumulate).backward()
+                parts_terms.append(terms.as_floats())
+            if not finite:
+                opt.zero_grad(set_to_none=True)
                 bad_steps += 1
                 log.line(f"warning: step {step + 1}: non-finite loss, update skipped")
                 if bad_steps >= 20:
@@ -331,11 +359,10 @@ def _train(cfg: TrainConfig, resume: bool, total_steps: int, dev: torch.device, 
                 bar.update(1)
                 continue
             bad_steps = 0
-            scaler.scale(terms.total).backward()
             scaler.step(opt)
             scaler.update()
             step += 1
-            last_terms = terms.as_floats()
+            last_terms = {k: float(np.mean([t[k] for t in parts_terms])) for k in parts_terms[0]}
             for k, v in last_terms.items():
                 window[k] = window.get(k, 0.0) + v
             window_n += 1
