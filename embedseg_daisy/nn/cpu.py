@@ -35,6 +35,10 @@ net, where nearly every layer is below the threshold.  Training step (forward,
 backward, AMSGrad) of ``tiny`` at batch 1: 1.55 s default, 1.32-1.40 s with the route
 (the pool-entry convolutions' backward moved from ``slow_conv3d`` to oneDNN).  Batch 2
 cost 4.0-4.7 s per step (2.0-2.3 s per sample), so CPU training uses batch 1.
+
+On a CPU with native bfloat16 (AVX512-BF16/AMX) training's ``cpu_amp`` autocast is
+faster still and the route stands aside (PyTorch's dispatch takes oneDNN for bfloat16);
+``benchmarks/train_step.py`` compares the three on one machine.
 """
 
 from __future__ import annotations
