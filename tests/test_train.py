@@ -322,10 +322,17 @@ def test_cpu_amp_without_native_bfloat16_warns_and_stays_float32(tmp_path, volum
     assert "amp False" in (out / "train.log").read_text()
 
 
-def test_cpu_runs_ignore_the_cuda_amp_flag(tmp_path, volumes):
-    # ``amp`` (default True) is CUDA's: CPU configs written before cpu_amp keep float32
-    out = tmp_path / "plain"
-    train(_cfg(volumes, out, steps=1, val_every=0, amp=True, device="cpu"))
+def test_cpu_runs_ignore_the_cuda_amp_flag(tmp_path, volumes, monkeypatch):
+    # ``amp`` (default True) is CUDA's: CPU configs written before cpu_amp keep float32,
+    # even on a CPU with native bfloat16
+    monkeypatch.setattr("embedseg_daisy.training.loop.cpu_bf16_native", lambda: True)
+    seen, handle = _conv_output_dtypes()
+    try:
+        out = tmp_path / "plain"
+        train(_cfg(volumes, out, steps=1, val_every=0, amp=True, device="cpu"))
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.float32}
     assert "amp False" in (out / "train.log").read_text()
 
 

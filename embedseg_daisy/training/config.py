@@ -104,7 +104,7 @@ class TrainConfig(_Strict):
     #: when the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it stays
     #: float32 with a warning, since emulated bfloat16 is slower.  Convolutions then take
     #: PyTorch's own oneDNN path.  Measured here (AVX512-BF16, 2 cores, 4-level tiny,
-    #: batch 2): 1.5 s/step against 3.3 s in float32 (see BENCHMARKS.md).
+    #: batch 2): about 2.3x faster than float32 (benchmarks/train_step.py).
     cpu_amp: bool = False
     #: Store the exported model.pt / best.pt weights as float16.
     half_weights: bool = False

@@ -89,9 +89,10 @@ def cpu_bf16_native() -> bool:
 def _autocast_setting(cfg: TrainConfig, dev: torch.device) -> tuple[bool, torch.dtype]:
     """``(enabled, dtype)`` of autocast for this run (see ``TrainConfig.amp`` / ``cpu_amp``)."""
     if dev.type == "cpu":
-        if cfg.cpu_amp and not cpu_bf16_native():
+        native = cfg.cpu_amp and cpu_bf16_native()
+        if cfg.cpu_amp and not native:
             warnings.warn("cpu_amp: this CPU has no native bfloat16 (AVX512-BF16/AMX); training in float32")
-        return cfg.cpu_amp and cpu_bf16_native(), torch.bfloat16
+        return native, torch.bfloat16
     dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
     if cfg.amp and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         dtype = torch.float16
