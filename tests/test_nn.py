@@ -252,3 +252,91 @@ def test_mismatched_shapes(tmp_path):
     torch.save(payload, path)
     msg = _one_line_error(path)
     assert "weights do not match" in msg and "shape mismatch" in msg
+
+
+# ------------------------------------------------------------------ growing a net by one scale
+
+
+def _trained_like(spec, seed=0):
+    """A net whose weights are random but not at their initial values (norm affines too)."""
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_grown_net_starts_as_the_trained_net():
+    from embedseg_daisy.nn.grow import grow_one_scale
+
+    spec = _small(widths=(4, 8), input_shape=(4, 32, 32), output_crop=(2, 16, 16))
+    model = _trained_like(spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    x = torch.rand(1, 1, 4, 32, 32)
+    grown = grow_one_scale(model, x)
+    assert grown.spec.widths == (4, 8, 8) and grown.spec.depth == 2
+    assert grown.spec.training["grown_from"]["widths"] == [4, 8]
+    with torch.inference_mode():
+        want, got = model(x), grown(x)
+        # exact on the calibration patch (statistics measured there) ...
+        torch.testing.assert_close(got.embedding, want.embedding, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.mask_logit, want.mask_logit, atol=1e-5, rtol=1e-4)
+        # ... and the new coarsest scale really is in the path: a non-zero projection changes it
+        grown.up[0].project.weight.normal_()
+        assert (grown(x).embedding - want.embedding).abs().max() > 1e-3
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the trained net was modified"
+
+
+def test_grown_net_new_scale_receives_gradient():
+    from embedseg_daisy.nn.grow import grow_one_scale
+
+    spec = _small(widths=(4, 8), input_shape=(4, 32, 32), output_crop=(2, 16, 16))
+    grown = grow_one_scale(_trained_like(spec), torch.rand(2, 1, 4, 32, 32)).train()
+    out = grown(torch.rand(2, 1, 4, 32, 32))
+    (out.embedding.square().mean() + out.mask_logit.mean()).backward()
+    # the zero-initialised projection is where the new context enters: it must learn
+    assert grown.up[0].project.weight.grad.abs().sum() > 0
+    assert grown.up[0].module.convs[-1].weight.grad.abs().sum() > 0
+
+
+def test_grow_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
+    import numpy as np
+
+    from embedseg_daisy.nn.grow import main
+
+    spec = _small(widths=(4, 8), input_shape=(4, 32, 32), output_crop=(2, 16, 16))
+    src = save_checkpoint(tmp_path / "trained.pt", _trained_like(spec), spec)
+    vol = tmp_path / "vol.npz"
+    np.savez(vol, raw=np.random.default_rng(0).integers(0, 256, (6, 40, 40), dtype=np.uint8))
+    out = tmp_path / "grown.pt"
+    assert main([str(src), str(out), "--calibrate", str(vol), "--patches", "2"]) == 0
+    model, grown_spec = load_checkpoint(out, expected_kind="embedding")
+    assert grown_spec.widths == (4, 8, 8) and grown_spec.depth == 2
+    # same geometry, so a training config can name it as its init_checkpoint
+    assert grown_spec.model_dump(exclude={"training"}) == get_preset(
+        "tiny", widths=(4, 8, 8), input_shape=(4, 32, 32), output_crop=(2, 16, 16)
+    ).model_dump(exclude={"training"})
+    mtime = out.stat().st_mtime_ns
+    with pytest.raises(SystemExit):
+        main([str(src), str(out), "--calibrate", str(vol)])
+    assert out.stat().st_mtime_ns == mtime and "not overwriting" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"vol\.npz: no array named 'image'"):
+        main([str(src), str(tmp_path / "g2.pt"), "--calibrate", str(vol), "--raw", "image"])
+    assert not (tmp_path / "g2.pt").exists()
+
+
+def test_grow_cli_refuses_a_net_whose_patch_cannot_take_another_scale(tmp_path, capsys):
+    import numpy as np
+
+    from embedseg_daisy.nn.grow import main
+
+    spec = _small(widths=(4, 8), input_shape=(4, 18, 18), output_crop=(2, 8, 8))
+    src = save_checkpoint(tmp_path / "trained.pt", _trained_like(spec), spec)
+    vol = tmp_path / "vol.npz"
+    np.savez(vol, raw=np.zeros((6, 40, 40), np.uint8))  # valid: the net is what is refused
+    with pytest.raises(SystemExit):
+        main([str(src), str(tmp_path / "g.pt"), "--calibrate", str(vol)])
+    assert "not multiples of 4" in capsys.readouterr().err
