@@ -325,6 +325,8 @@ def test_grow_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert out.stat().st_mtime_ns == mtime and "not overwriting" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"vol\.npz: no array named 'image'"):
         main([str(src), str(tmp_path / "g2.pt"), "--calibrate", str(vol), "--raw", "image"])
+    with pytest.raises(SystemExit, match=r"missing\.npz: no such calibration volume"):
+        main([str(src), str(tmp_path / "g2.pt"), "--calibrate", str(tmp_path / "missing.npz")])
     assert not (tmp_path / "g2.pt").exists()
 
 

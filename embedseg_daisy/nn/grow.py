@@ -109,6 +109,8 @@ def grow_one_scale(model: RSUNet, calibration: torch.Tensor, eps: float | None =
 
 def _read_raw(path: Path, raw: str) -> np.ndarray:
     """``raw`` of a zarr container or an .npz file as float32 in [0, 1] (as training reads it)."""
+    if not path.exists():
+        raise SystemExit(f"{path}: no such calibration volume")
     if path.suffix == ".npz":
         with np.load(path) as data:
             if raw not in data:
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.patches < 1:
+        parser.error(f"--patches must be at least 1, got {args.patches}")
     if args.out.exists():
         parser.error(f"{args.out} exists; not overwriting it")
     model, spec = load_checkpoint(args.checkpoint)
