@@ -37,21 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embedseg_daisy.errors import EmbedsegError, InputError
 from embedseg_daisy.nn.checkpoint import load_checkpoint, save_checkpoint
 from embedseg_daisy.nn.presets import ModelSpec
 from embedseg_daisy.nn.rsunet import RSUNet, build_model
+from embedseg_daisy.training.data import read_raw
 
 
-def bottom_features(model: RSUNet, x: torch.Tensor) -> torch.Tensor:
-    """Output ``(N, widths[-1], ...)`` of the coarsest encoder module for input ``x``."""
-    for i, module in enumerate(model.down):
-        x = module(x)
-        if i < model.spec.depth:
-            x = model.pool(x)
-    return x
-
-
-def grow_one_scale(model: RSUNet, calibration: torch.Tensor, eps: float | None = None) -> RSUNet:
+def grow_one_scale(model: RSUNet, calibration: torch.Tensor) -> RSUNet:
     """A net with one more scale (``widths + (widths[-1],)``) that starts as ``model``.
 
     ``calibration``: input patches ``(N, in_channels, Z, Y, X)`` on which the old
@@ -60,6 +53,11 @@ def grow_one_scale(model: RSUNet, calibration: torch.Tensor, eps: float | None =
     ``2**(depth + 1)``.  Returns a new net in eval mode; ``model`` is not modified.
     """
     spec = model.spec
+    f = 2 ** (spec.depth + 1)
+    if spec.input_shape[1] % f or spec.input_shape[2] % f:
+        raise ValueError(
+            f"input y, x {tuple(spec.input_shape[1:])} are not multiples of {f}, as one more scale needs"
+        )
     fields = spec.model_dump(exclude={"depth", "widths", "training"})
     new_spec = ModelSpec(
         **fields,
@@ -79,20 +77,17 @@ def grow_one_scale(model: RSUNet, calibration: torch.Tensor, eps: float | None =
             # the new up-module is the first in decoding order: old up.i becomes up.(i+1)
             _, index, rest = key.split(".", 2)
             key = f"up.{int(index) + 1}.{rest}"
-        if state[key].shape != value.shape:  # pragma: no cover - guarded by the widths rule
-            raise RuntimeError(f"grow_one_scale: {key} has shape {tuple(state[key].shape)}, trained {tuple(value.shape)}")
         state[key] = value.detach().clone()
-    grown.load_state_dict(state)
+    grown.load_state_dict(state)  # raises if a kept weight no longer fits its place
 
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        f = bottom_features(model, calibration.float())
+        bottom = model.encode(calibration.float())[0]
     model.train(was_training)
     up = grown.up[0]
-    eps = up.norm.eps if eps is None else eps
-    mean = f.mean(dim=(2, 3, 4)).mean(0)
-    std = (f.var(dim=(2, 3, 4), unbiased=False) + eps).sqrt().mean(0)
+    mean = bottom.mean(dim=(2, 3, 4)).mean(0)
+    std = (bottom.var(dim=(2, 3, 4), unbiased=False) + up.norm.eps).sqrt().mean(0)
     with torch.no_grad():
         up.project.weight.zero_()
         for norm in (up.norm, up.module.entry_norm, up.module.out_norm):
@@ -107,36 +102,10 @@ def grow_one_scale(model: RSUNet, calibration: torch.Tensor, eps: float | None =
     return grown.eval()
 
 
-def _read_raw(path: Path, raw: str) -> np.ndarray:
-    """``raw`` of a zarr container or an .npz file as float32 in [0, 1] (as training reads it)."""
-    if not path.exists():
-        raise SystemExit(f"{path}: no such calibration volume")
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            if raw not in data:
-                raise SystemExit(f"{path}: no array named {raw!r} (has {sorted(data.files)})")
-            a = data[raw]
-    else:
-        from funlib.persistence import open_ds
-
-        try:
-            arr = open_ds(str(path / raw))
-        except Exception as e:
-            raise SystemExit(f"{path}/{raw}: cannot open dataset ({type(e).__name__}: {e})") from None
-        a = np.asarray(arr[arr.roi])
-    if a.ndim != 3:
-        raise SystemExit(f"{path}/{raw}: expected a (z, y, x) array, got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / np.float32(255.0)
-    if a.dtype.kind == "f":
-        return a.astype(np.float32)
-    raise SystemExit(f"{path}/{raw}: dtype {a.dtype} is not supported (uint8 or float in [0, 1])")
-
-
 def _calibration_patches(path: Path, raw: str, shape: tuple[int, int, int], n: int, seed: int) -> torch.Tensor:
-    volume = _read_raw(path, raw)
+    volume = read_raw(path, raw)
     if any(s < p for s, p in zip(volume.shape, shape)):
-        raise SystemExit(f"{path}/{raw}: shape {volume.shape} is smaller than the net's input {shape}")
+        raise InputError(f"{path}/{raw}: shape {volume.shape} is smaller than the net's input {shape}")
     rng = np.random.default_rng(seed)
     patches = []
     for _ in range(n):
@@ -159,14 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--patches must be at least 1, got {args.patches}")
     if args.out.exists():
         parser.error(f"{args.out} exists; not overwriting it")
-    model, spec = load_checkpoint(args.checkpoint)
-    f = 2 ** (spec.depth + 1)
-    if spec.input_shape[1] % f or spec.input_shape[2] % f:
-        parser.error(f"{args.checkpoint}: input y, x {spec.input_shape[1:]} are not multiples of {f}, "
-                     "as one more scale needs")
-    torch.manual_seed(args.seed)  # the new encoder module's initial weights
-    cal = _calibration_patches(args.calibrate, args.raw, tuple(spec.input_shape), args.patches, args.seed)
-    grown = grow_one_scale(model, cal)
+    try:
+        model, spec = load_checkpoint(args.checkpoint)
+        torch.manual_seed(args.seed)  # the new encoder module's initial weights
+        cal = _calibration_patches(args.calibrate, args.raw, tuple(spec.input_shape), args.patches, args.seed)
+        grown = grow_one_scale(model, cal)
+    except EmbedsegError as e:  # its messages name the file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # the net cannot be grown
+        print(f"error: {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
     save_checkpoint(args.out, grown, grown.spec)
     print(f"{args.checkpoint} (widths {list(spec.widths)}) -> {args.out} (widths {list(grown.spec.widths)})")
     return 0

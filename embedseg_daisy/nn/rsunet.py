@@ -165,14 +165,19 @@ class RSUNet(nn.Module):
                 f"input y, x {tuple(x.shape[3:])} must be multiples of 2**depth = {f}"
             )
 
-    def forward(self, x: torch.Tensor) -> EmbeddingOutput | AffinityOutput:
-        self._check_input(x)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encoder path: the coarsest module's output and the skips, finest first."""
         skips = []
         for i, module in enumerate(self.down):
             x = module(x)
             if i < self.spec.depth:
                 skips.append(x)
                 x = self.pool(x)
+        return x, skips
+
+    def forward(self, x: torch.Tensor) -> EmbeddingOutput | AffinityOutput:
+        self._check_input(x)
+        x, skips = self.encode(x)
         for up in self.up:
             x = up(x, skips.pop())
         y = self.head(x)

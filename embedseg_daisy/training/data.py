@@ -75,6 +75,37 @@ def _as_unit_float(raw: np.ndarray, name: str) -> np.ndarray:
     raise InputError(f"{name}: raw dtype {raw.dtype} is not supported (uint8 or float in [0, 1])")
 
 
+def _read_zarr(path: Path, ds_name: str):
+    """``(funlib Array, numpy data)`` of a (z, y, x) dataset in a zarr container."""
+    from funlib.persistence import open_ds
+
+    try:
+        arr = open_ds(str(path / ds_name))
+    except Exception as e:
+        raise InputError(f"{path}/{ds_name}: cannot open dataset ({type(e).__name__}: {e})") from None
+    if arr.channel_dims:
+        raise InputError(f"{path}/{ds_name}: expected a (z, y, x) dataset, got channels")
+    return arr, np.asarray(arr[arr.roi])
+
+
+def read_raw(path: str | Path, raw: str = "raw") -> np.ndarray:
+    """Only the raw of a training volume (zarr container or ``.npz``), float32 in [0, 1]
+    as training reads it -- for work that needs no labels (e.g. ``nn.grow``'s calibration)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such volume")
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            if raw not in data:
+                raise InputError(f"{path}: no array named {raw!r} (has {sorted(data.files)})")
+            a = data[raw]
+    else:
+        a = _read_zarr(path, raw)[1]
+    if a.ndim != 3:
+        raise InputError(f"{path}/{raw}: raw must be 3-D (z, y, x), got shape {a.shape}")
+    return _as_unit_float(a, f"{path}/{raw}")
+
+
 def open_volume(
     path: str | Path, raw: str = "raw", labels: str = "labels", myelin: str | None = None
 ) -> TrainingVolume:
@@ -93,19 +124,8 @@ def open_volume(
             return TrainingVolume(
                 name=str(path), raw=_as_unit_float(data[raw], f"{path}/{raw}"), labels=lab, voxel_size=(29, 12, 12)
             )
-    from funlib.persistence import open_ds
-
-    def read(ds_name: str):
-        try:
-            arr = open_ds(str(path / ds_name))
-        except Exception as e:
-            raise InputError(f"{path}/{ds_name}: cannot open dataset ({type(e).__name__}: {e})") from None
-        if arr.channel_dims:
-            raise InputError(f"{path}/{ds_name}: expected a (z, y, x) dataset, got channels")
-        return arr, np.asarray(arr[arr.roi])
-
-    raw_arr, raw_np = read(raw)
-    lab_arr, lab_np = read(labels)
+    raw_arr, raw_np = _read_zarr(path, raw)
+    lab_arr, lab_np = _read_zarr(path, labels)
     name = str(path)
     if lab_arr.roi != raw_arr.roi or lab_arr.voxel_size != raw_arr.voxel_size:
         raise InputError(
@@ -116,7 +136,7 @@ def open_volume(
         raise InputError(f"{path}/{labels}: labels must be integers, got {lab_np.dtype}")
     my_np = None
     if myelin is not None:
-        my_arr, my_np = read(myelin)
+        my_arr, my_np = _read_zarr(path, myelin)
         if my_arr.roi != raw_arr.roi:
             raise InputError(f"{path}/{myelin}: must cover the same region as {raw}")
         my_np = my_np.astype(bool)
