@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,7 @@ class MongoEcoServer:
         self._err = os.path.join(self._dir, "stderr.txt")
 
     def start(self, timeout_s: float = 60.0) -> str:
+        os.makedirs(self._dir, exist_ok=True)  # stop() removes it
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
             env = dict(os.environ, EMBEDSEG_MONGOECO_USERS=json.dumps(self.users))
             self.proc = subprocess.Popen(
@@ -133,6 +135,8 @@ class MongoEcoServer:
         raise RuntimeError(f"mongoeco server did not start ({self.python}): {err}")
 
     def stop(self) -> None:
+        """Stop the server and remove its log folder (a start failure has already
+        reported the logs' tail)."""
         p, self.proc = self.proc, None
         if p is not None and p.poll() is None:
             p.terminate()
@@ -141,6 +145,7 @@ class MongoEcoServer:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> MongoEcoServer:
         self.start()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "embedding_quality.py"
 
@@ -93,3 +94,58 @@ def test_summary_fractions(eq):
     assert bins["2000-10000"] == {"pairs": 1, "fraction_above_2delta": 0.0}
     assert bins["10000-inf"] == {"pairs": 1, "fraction_above_2delta": 1.0}
     assert s["mask_f1_vs_training_target"] == pytest.approx(0.75)
+
+
+def test_volumes_are_pooled_and_each_reported(eq, monkeypatch):
+    """The headline pools every volume's pairs; each volume's figures are its own (they
+    do not change with the other volumes measured)."""
+    reports = []
+    monkeypatch.setattr(eq, "save", lambda name, report, headline, out=None: reports.append(report))
+    small = ["--patches", "2", "--shape", "20", "160", "160"]
+    assert eq.main(["--seeds", "3001", "3002", *small]) == 0
+    assert eq.main(["--seeds", "3002", *small]) == 0
+    both, alone = (next(iter(r["checkpoints"].values())) for r in reports)
+    per = both["per_volume"]
+    assert list(per) == ["3001", "3002"] and reports[0]["seeds"] == [3001, 3002]
+    pairs = [v["touching_pairs"] for v in per.values()]
+    assert min(pairs) > 0 and both["touching_pairs"] == sum(pairs)
+    assert both["objects"] == sum(v["objects"] for v in per.values())
+    frac = "fraction_pairs_between_above_2delta"
+    assert both[frac] == pytest.approx(sum(v[frac] * v["touching_pairs"] for v in per.values()) / sum(pairs))
+    assert both["volumes_with_most_touching_pairs_above_2delta"] == sum(v[frac] > 0.5 for v in per.values())
+    assert alone["per_volume"]["3002"] == per["3002"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--seeds", "3001", "5"], "seeds [5]: seeds 1-9 made the training"), (["--patches", "0"], "--patches must be")],
+)
+def test_refuses_training_seeds_and_no_patches(eq, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        eq.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_loss_at_scaled_embeddings_matches_hand_computed_values():
+    """``embedding_loss_scale.py``: Eqs. 1-4 of ``emb * s`` on a patch with two objects, one
+    of them cut in two by a membrane (its two parts must not push each other apart)."""
+    spec = importlib.util.spec_from_file_location("embedding_loss_scale", _PATH.parent / "embedding_loss_scale.py")
+    els = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(els)
+    target = np.zeros((2, 20, 40), np.int64)
+    target[:, :, :18] = 1
+    target[:, :, 20:29] = 2
+    target[:, :, 31:] = 2  # object 2 in two parts, with codes 2 apart in L1
+    emb = torch.zeros((24, *target.shape))
+    emb[0, :, :, :9] += 0.5  # object 1: spread 0.5 (mean 0)
+    emb[0, :, :, 9:18] -= 0.5
+    emb[1, :, :, 20:29] = 2.0  # part a of object 2: 2 from object 1
+    emb[1:3, :, :, 31:] = 1.0  # part b: 2 from object 1 and 2 from part a
+    rows = els.scaled_losses(emb, target, [1.0, 2.0])
+    # C = 3 parts; L_int = (0.5 s)^2 / 3; L_ext over ordered pairs 1-a, 1-b (a-b dropped):
+    # 4 * max(3 - 2 s, 0)^2 / 6; L_reg = (0 + 2 s + 2 s) / 3
+    for s, (total, l_int, l_ext, l_reg) in zip([1.0, 2.0], rows):
+        assert l_int == pytest.approx(0.25 * s * s / 3)
+        assert l_ext == pytest.approx(4 * max(3 - 2 * s, 0) ** 2 / 6)
+        assert l_reg == pytest.approx(4 * s / 3)
+        assert total == pytest.approx(l_int + l_ext + 0.001 * l_reg)
