@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine, save  # noqa: E402
-from embedding_quality import DELTA_D, patch_corners, patch_stats  # noqa: E402
+from embedding_quality import DELTA_D, patch_corners, patch_stats, volume_problem  # noqa: E402
 from embedseg_daisy.nn.checkpoint import load_checkpoint  # noqa: E402
 from embedseg_daisy.nn.cpu import fast_inference  # noqa: E402
 from embedseg_daisy.nn.rsunet import crop_center  # noqa: E402
@@ -55,10 +55,13 @@ def main(argv=None) -> int:
     parser.add_argument("--scales", type=float, nargs="+", default=[0.8, 0.9, 1.0, 1.1, 1.2])
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    if args.patches < 1 or min(args.scales) <= 0:
-        parser.error("--patches must be at least 1 and every --scales factor positive")
+    if min(args.scales) <= 0:
+        parser.error(f"--scales {args.scales}: every factor must be positive")
     info = machine()
     model, spec = load_checkpoint(args.checkpoint, expected_kind="embedding")
+    problem = volume_problem(args.seeds, args.shape, spec.input_shape, args.patches)
+    if problem:
+        parser.error(problem)
     model = fast_inference(model)
     inp, out = np.asarray(spec.input_shape), np.asarray(spec.output_crop)
     ctx = (inp - out) // 2

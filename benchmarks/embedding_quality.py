@@ -175,6 +175,20 @@ def evaluate(model, spec, vol, raw: np.ndarray, target_bg: np.ndarray, corners, 
     return stats, f1_kernel, f1_raw
 
 
+def volume_problem(seeds, shape, input_shape, patches: int) -> str | None:
+    """What is wrong with a request for held-out volumes and patches, or ``None``."""
+    trained_on = sorted(set(seeds) & set(range(1, 10)))
+    if trained_on:
+        return f"--seeds {trained_on}: seeds 1-9 made the training and validation volumes"
+    if len(set(seeds)) != len(seeds):
+        return f"--seeds {list(seeds)}: a volume given twice would count twice"
+    if patches < 1:
+        return "--patches must be at least 1"
+    if any(s < i for s, i in zip(shape, input_shape)):
+        return f"--shape {list(shape)} is smaller than the net's input patch {list(input_shape)} (z, y, x)"
+    return None
+
+
 def patch_corners(seed: int, volume_shape, input_shape, n: int) -> list[list[int]]:
     """``n`` random patch corners (z, y, x voxels) of the held-out volume ``seed``: one
     generator per volume, so a volume's patches do not depend on the other volumes measured."""
@@ -213,11 +227,6 @@ def main(argv=None) -> int:
     parser.add_argument("--near", type=float, default=8.0, help="near-contact radius, in-plane voxels")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    if args.patches < 1:
-        parser.error("--patches must be at least 1")
-    trained_on = sorted(set(args.seeds) & set(range(1, 10)))
-    if trained_on:
-        parser.error(f"--seeds {trained_on}: seeds 1-9 made the training and validation volumes")
     info = machine()
     nets = {}
     for ckpt in args.checkpoint:
@@ -226,6 +235,9 @@ def main(argv=None) -> int:
         if first is not None and tuple(spec.input_shape) != tuple(first[1].input_shape):
             parser.error(f"{ckpt}: input shape {spec.input_shape} differs from the first checkpoint's")
         nets[_name(ckpt)] = (fast_inference(model), spec)
+    problem = volume_problem(args.seeds, args.shape, spec.input_shape, args.patches)
+    if problem:
+        parser.error(problem)
     pooled = {name: ([], [], []) for name in nets}
     per_volume: dict[str, dict] = {name: {} for name in nets}
     seconds = dict.fromkeys(nets, 0.0)

@@ -118,9 +118,14 @@ def test_volumes_are_pooled_and_each_reported(eq, monkeypatch):
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--seeds", "3001", "5"], "seeds [5]: seeds 1-9 made the training"), (["--patches", "0"], "--patches must be")],
+    [
+        (["--seeds", "3001", "5"], "seeds [5]: seeds 1-9 made the training"),
+        (["--seeds", "3001", "3001"], "a volume given twice"),
+        (["--patches", "0"], "--patches must be"),
+        (["--shape", "40", "100", "384"], "--shape [40, 100, 384] is smaller than the net's input patch [20, 128, 128]"),
+    ],
 )
-def test_refuses_training_seeds_and_no_patches(eq, capsys, argv, message):
+def test_refuses_bad_volume_requests(eq, capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         eq.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
