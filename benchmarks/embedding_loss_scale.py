@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine, save  # noqa: E402
-from embedding_quality import DELTA_D, patch_corners, patch_stats, volume_problem  # noqa: E402
+from embedding_quality import DELTA_D, net_patches, patch_corners, patch_stats, volume_problem  # noqa: E402
 from embedseg_daisy.nn.checkpoint import load_checkpoint  # noqa: E402
 from embedseg_daisy.nn.cpu import fast_inference  # noqa: E402
-from embedseg_daisy.nn.rsunet import crop_center  # noqa: E402
 from embedseg_daisy.synth import generate_volume  # noqa: E402
 from embedseg_daisy.training.loss import augment_background, discriminative_loss, local_parts  # noqa: E402
 
@@ -63,21 +62,15 @@ def main(argv=None) -> int:
     if problem:
         parser.error(problem)
     model = fast_inference(model)
-    inp, out = np.asarray(spec.input_shape), np.asarray(spec.output_crop)
-    ctx = (inp - out) // 2
     losses, between = [], []
     for seed in args.seeds:
         vol = generate_volume(tuple(args.shape), seed)
-        raw = vol.raw.astype(np.float32) / 255.0
-        for begin in patch_corners(seed, vol.raw.shape, inp, args.patches):
-            sl = tuple(slice(b, b + i) for b, i in zip(begin, inp))
-            x = torch.from_numpy(np.ascontiguousarray(raw[sl]))[None, None]
-            with torch.inference_mode():
-                emb = crop_center(model(x).embedding, tuple(out))[0].float()
-            osl = tuple(slice(b + c, b + c + s) for b, c, s in zip(begin, ctx, out))
-            labels = vol.labels[osl]
-            losses.append(scaled_losses(emb, augment_background(labels).astype(np.int64), args.scales))
-            between += patch_stats(emb.numpy(), labels)["between"]
+        # the training target, made once per volume as embedding_quality.py makes its background
+        target = augment_background(vol.labels).astype(np.int64)
+        corners = patch_corners(seed, vol.raw.shape, spec.input_shape, args.patches)
+        for emb, _, window in net_patches(model, spec, vol.raw.astype(np.float32) / 255.0, corners):
+            losses.append(scaled_losses(torch.from_numpy(emb), target[window], args.scales))
+            between += patch_stats(emb, vol.labels[window])["between"]
     mean = np.mean(losses, axis=0)
     between = np.asarray(between)
     rows = []

@@ -152,26 +152,32 @@ def summarise(stats: list[dict], f1_kernel: list[float], f1_raw: list[float], ne
     }
 
 
+def net_patches(model, spec, raw: np.ndarray, corners):
+    """Per patch at ``corners`` (z, y, x voxels) of ``raw`` (float, 0-1): the net's
+    embedding ``(D, Z, Y, X)`` and P(background) ``(Z, Y, X)``, both cropped to the
+    output, and the slices of the volume that the crop covers."""
+    inp, out = np.asarray(spec.input_shape), np.asarray(spec.output_crop)
+    ctx = (inp - out) // 2
+    for begin in corners:
+        x = torch.from_numpy(np.ascontiguousarray(raw[tuple(slice(b, b + i) for b, i in zip(begin, inp))]))
+        with torch.inference_mode():
+            o = model(x[None, None])
+        emb = crop_center(o.embedding, tuple(out))[0].float().numpy()
+        bg = torch.sigmoid(crop_center(o.mask_logit, tuple(out)))[0, 0].float().numpy()
+        yield emb, bg, tuple(slice(b + c, b + c + s) for b, c, s in zip(begin, ctx, out))
+
+
 def evaluate(model, spec, vol, raw: np.ndarray, target_bg: np.ndarray, corners, *, theta_mask: float, near: float):
     """Per-patch statistics of one net on the patches at ``corners`` of one volume:
     ``(stats, f1_kernel, f1_raw)``, the inputs of :func:`summarise`.  ``raw`` (float,
     0-1) and ``target_bg`` (the training target's background) are the volume's,
     computed once."""
-    inp, out = np.asarray(spec.input_shape), np.asarray(spec.output_crop)
     stats, f1_kernel, f1_raw = [], [], []
-    for begin in corners:
-        sl = tuple(slice(b, b + i) for b, i in zip(begin, inp))
-        x = torch.from_numpy(np.ascontiguousarray(raw[sl]))[None, None]
-        with torch.inference_mode():
-            o = model(x)
-        emb = crop_center(o.embedding, tuple(out))[0].numpy()
-        bg = torch.sigmoid(crop_center(o.mask_logit, tuple(out)))[0, 0].numpy()
-        ctx = (inp - out) // 2
-        osl = tuple(slice(b + c, b + c + s) for b, c, s in zip(begin, ctx, out))
-        stats.append(patch_stats(emb, vol.labels[osl], near=near))
+    for emb, bg, window in net_patches(model, spec, raw, corners):
+        stats.append(patch_stats(emb, vol.labels[window], near=near))
         pred = bg >= theta_mask
-        f1_kernel.append(f1(pred, target_bg[osl]))
-        f1_raw.append(f1(pred, vol.labels[osl] == 0))
+        f1_kernel.append(f1(pred, target_bg[window]))
+        f1_raw.append(f1(pred, vol.labels[window] == 0))
     return stats, f1_kernel, f1_raw
 
 
@@ -228,14 +234,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     info = machine()
-    nets = {}
+    nets, input_shape = {}, None
     for ckpt in args.checkpoint:
         model, spec = load_checkpoint(ckpt, expected_kind="embedding")
-        first = next(iter(nets.values()), None)
-        if first is not None and tuple(spec.input_shape) != tuple(first[1].input_shape):
+        input_shape = input_shape or tuple(spec.input_shape)
+        if tuple(spec.input_shape) != input_shape:
             parser.error(f"{ckpt}: input shape {spec.input_shape} differs from the first checkpoint's")
         nets[_name(ckpt)] = (fast_inference(model), spec)
-    problem = volume_problem(args.seeds, args.shape, spec.input_shape, args.patches)
+    problem = volume_problem(args.seeds, args.shape, input_shape, args.patches)
     if problem:
         parser.error(problem)
     pooled = {name: ([], [], []) for name in nets}
@@ -246,7 +252,7 @@ def main(argv=None) -> int:
         raw = vol.raw.astype(np.float32) / 255.0
         target_bg = augment_background(vol.labels) == 0
         # every net sees the same patches
-        corners = patch_corners(seed, vol.raw.shape, next(iter(nets.values()))[1].input_shape, args.patches)
+        corners = patch_corners(seed, vol.raw.shape, input_shape, args.patches)
         for name, (model, spec) in nets.items():
             t0 = time.time()
             parts = evaluate(model, spec, vol, raw, target_bg, corners, theta_mask=args.theta_mask, near=args.near)
